@@ -1,0 +1,65 @@
+# virtio-fpga: the two commands a new machine needs are `make demo` and `make test`.
+# Each one installs what it needs (a local venv with pinned packages, Debian's iverilog) and is idempotent.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SYSDEPS := $(VENV)/.sysdeps
+BOARD ?= alveo-u50
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: all demo test test-fast test-slow lint bench verilog synth bitstream vm-test compare clean distclean deps
+
+all: test
+
+# Python environment: re-installed only when pyproject.toml or constraints.txt change.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[all]'
+	touch $@
+
+# Debian packages the simulation needs (Icarus Verilog 11). Installed once; skipped when present.
+$(SYSDEPS):
+	@command -v iverilog >/dev/null 2>&1 || { \
+	  echo "installing Debian package iverilog"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq iverilog >/dev/null; }
+	@mkdir -p $(VENV) && touch $@
+
+deps: $(STAMP) $(SYSDEPS)
+
+demo: deps
+	$(VENV)/bin/virtio-fpga demo
+
+test: deps
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+test-slow: deps
+	$(PY) -m pytest -q -m slow
+
+lint: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: deps
+	$(VENV)/bin/virtio-fpga bench --output results/bench.json
+
+verilog: deps
+	$(VENV)/bin/virtio-fpga verilog -o build/verilog
+
+synth: deps
+	$(VENV)/bin/virtio-fpga synth --json
+
+bitstream: deps
+	$(VENV)/bin/virtio-fpga bitstream --board $(BOARD)
+
+compare: deps
+	$(VENV)/bin/virtio-fpga compare
+
+clean:
+	rm -rf build sim_build results .pytest_cache .ruff_cache
+
+distclean: clean
+	rm -rf $(VENV)

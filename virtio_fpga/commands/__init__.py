@@ -1,0 +1,1 @@
+"""Subcommands of ``virtio-fpga``: one module each, discovered by ``virtio_fpga.cli``."""
