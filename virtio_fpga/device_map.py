@@ -34,6 +34,10 @@ NOTIFY_OFFSET = 0x3000
 #: 4.1.4.4: with NOTIFICATION_DATA the multiplier must be 0 or a power of two that is a multiple of 4
 #: (so a 32-bit notification word is naturally aligned).  4 puts each queue's doorbell on its own dword.
 NOTIFY_OFF_MULTIPLIER = 4
+#: Provisioning (management plane, not the virtio driver): a 64-bit mask ANDed into device_feature, writable
+#: only while device_status is 0, as `vdpa dev add ... device_features` restricts a vDPA device.
+PROVISION_OFFSET = 0x4000
+PROVISION_LENGTH = 8
 MSIX_TABLE_OFFSET = 0x8000
 MSIX_PBA_OFFSET = 0xC000
 
