@@ -1,0 +1,110 @@
+"""``virtio-fpga demo``: the driver against a device, with an lspci-like view and checked loopback traffic."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from typing import Any
+
+from virtio_fpga.cli import CliError
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="bring up a device, show it, loop traffic through it")
+    p.add_argument(
+        "--device",
+        default="soft",
+        help="soft (in-process software device), rtl (the gateware in simulation), vfio:BDF (real function)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
+    p.add_argument("--frames", type=_positive, default=64)
+    p.add_argument("--min-size", type=_positive, default=60)
+    p.add_argument("--max-size", type=_positive, default=1514)
+    p.add_argument("--queue-size", type=_positive, default=64)
+    p.add_argument("--rx-chain", type=_positive, default=1, help="descriptors per receive buffer")
+    p.add_argument("--tx-chain", type=_positive, default=1, help="descriptors per transmit buffer")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--disable", default="", help="comma-separated feature names the driver must not accept")
+    p.add_argument("--waves", action="store_true", help="rtl: dump waveforms")
+    p.set_defaults(func=run)
+
+
+def demo_args(args: argparse.Namespace) -> dict[str, Any]:
+    from host.demo import parse_feature_list
+
+    if args.min_size > args.max_size:
+        raise CliError(f"--min-size {args.min_size} is larger than --max-size {args.max_size}")
+    try:
+        parse_feature_list(args.disable)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    return {
+        "frames": args.frames,
+        "min_size": args.min_size,
+        "max_size": args.max_size,
+        "queue_size": args.queue_size,
+        "rx_chain": args.rx_chain,
+        "tx_chain": args.tx_chain,
+        "seed": args.seed,
+        "disable": args.disable,
+    }
+
+
+def run_on_device(device: str, kwargs: dict[str, Any], *, waves: bool = False) -> dict[str, Any]:
+    """Run host.demo.run_demo on the named device; shared by demo, bench and compare."""
+    if device == "soft":
+        from host.demo import run_demo
+        from host.inproc import InProcessTransport
+
+        async def main() -> dict[str, Any]:
+            transport = InProcessTransport()
+            try:
+                return await run_demo(transport, **kwargs)
+            finally:
+                await transport.close()
+
+        return asyncio.run(main())
+    if device == "rtl":
+        try:
+            from sim.runner import run_scenario
+        except ImportError as exc:
+            raise CliError(f"the RTL simulation is not available: {exc}") from None
+        return run_scenario("host.demo:run_demo", kwargs, waves=waves)
+    if device.startswith("vfio:"):
+        try:
+            from host.vfio import open_transport
+        except ImportError as exc:
+            raise CliError(f"VFIO support is not available: {exc}") from None
+        from host.demo import run_demo
+
+        async def main_vfio() -> dict[str, Any]:
+            transport = open_transport(device)
+            try:
+                return await run_demo(transport, **kwargs)
+            finally:
+                await transport.close()
+
+        return asyncio.run(main_vfio())
+    raise CliError(f"unknown device {device!r}: use soft, rtl or vfio:BDF")
+
+
+def run(args: argparse.Namespace) -> int:
+    from host.demo import format_report
+
+    result = run_on_device(args.device, demo_args(args), waves=args.waves)
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        print(format_report(result))
+    return 0 if result.get("ok") else 1

@@ -1,0 +1,128 @@
+"""``virtio-fpga synth``: resource and Fmax figures for the endpoint from open tools, no Vivado needed.
+
+Two real tool runs (see ``boards/opentools.py`` for why each is set up the way it is): Yosys
+``synth_xilinx -family xcup`` for UltraScale+ LUT/FF/BRAM/DSP counts per major block, and a synth_ecp5 +
+nextpnr-ecp5 place-and-route of the same endpoint for an Fmax from a second, independent tool flow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from virtio_fpga.cli import CliError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "synth",
+        help="synthesize the endpoint with Yosys (UltraScale+) and place-and-route it with nextpnr (ECP5)",
+        description="Resource figures (Yosys synth_xilinx -family xcup, per major block) and Fmax (nextpnr-ecp5) "
+        "of the virtio-net endpoint, without the PCIe hard IP.",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument("--data-width", type=int, default=256, choices=(64, 128, 256, 512), help="AXI-stream width")
+    p.add_argument("-o", "--output", type=Path, default=Path("build/synth"), help="work directory (logs, netlists)")
+    p.add_argument("--depth", type=int, default=2, help="hierarchy depth of the blocks reported separately")
+    p.add_argument("--ecp5-device", default="LFE5UM5G-85F", help="ECP5 part for place-and-route")
+    p.add_argument("--ecp5-package", default="CABGA381")
+    p.add_argument("--freq", type=float, default=125.0, help="ECP5 target frequency in MHz (guides nextpnr)")
+    p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    p.add_argument("--no-ecp5", action="store_true", help="skip the ECP5 place-and-route (UltraScale+ only)")
+    p.set_defaults(func=run)
+
+
+def _endpoint(data_width: int) -> tuple[str, list[tuple[str, str, int]]]:
+    """The endpoint's Verilog and port list, from hdl/top.py (imported late: it needs Amaranth)."""
+    try:
+        from hdl import top
+    except ImportError as exc:  # the 'hdl' extra missing, or the endpoint not written yet
+        raise CliError(f"cannot import the endpoint (hdl.top): {exc}") from exc
+    return top.generate_verilog(data_width=data_width), list(top.top_ports(data_width))
+
+
+def collect(args: argparse.Namespace) -> dict:
+    """Run the tools and gather every figure in one JSON-able dict (also used by the tests)."""
+    from boards import opentools
+
+    if args.ecp5_device not in opentools.ECP5_DEVICES:
+        raise CliError(f"unknown ECP5 device {args.ecp5_device}; known: {', '.join(opentools.ECP5_DEVICES)}")
+    t0 = time.monotonic()
+    verilog, ports = _endpoint(args.data_width)
+    out = args.output.resolve()
+    try:
+        x = opentools.synth_xcup(verilog, "virtio_net_endpoint", out / "xcup", depth=args.depth)
+        e = None
+        if not args.no_ecp5:
+            e = opentools.pnr_ecp5(
+                verilog, "virtio_net_endpoint", ports, out / "ecp5", clock="user_clk", device=args.ecp5_device,
+                package=args.ecp5_package, target_mhz=args.freq, seed=args.seed,
+            )  # fmt: skip
+    except opentools.ToolError as exc:
+        raise CliError(str(exc).splitlines()[0]) from exc
+    result: dict = {
+        "data_width": args.data_width,
+        "luts": x.total.luts,
+        "ffs": x.total.ffs,
+        "brams": x.total.brams,
+        "dsps": x.total.dsps,
+        "urams": x.total.urams,
+        "lutram": x.total.lutram,
+        "fmax_mhz": e.fmax_mhz if e else None,
+        "xcup": {
+            "tool": x.yosys,
+            "command": x.command,
+            "total": opentools.as_dict(x.total),
+            "blocks": [opentools.as_dict(b) for b in x.blocks],
+            "unmapped_cells": x.unmapped_cells,
+            "seconds": round(x.seconds, 1),
+        },
+        "ecp5": None,
+        "seconds": None,
+        "workdir": str(out),
+    }
+    if e is not None:
+        ecp5 = opentools.as_dict(e)
+        ecp5.pop("utilization")
+        ecp5["seconds"] = round(e.seconds, 1)
+        result["ecp5"] = ecp5
+    result["seconds"] = round(time.monotonic() - t0, 1)
+    return result
+
+
+def _print_tables(r: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    t = Table(title=f"UltraScale+ (Yosys synth_xilinx -family xcup), data width {r['data_width']}")
+    for col in ("block", "LUTs", "of which LUTRAM/SRL", "FFs", "BRAM36", "URAM", "DSPs", "CARRY"):
+        t.add_column(col, justify="left" if col == "block" else "right")
+    rows = [*r["xcup"]["blocks"], r["xcup"]["total"]]
+    for b in rows:
+        name = b["name"] if b is not r["xcup"]["total"] else "total (virtio_net_endpoint)"
+        t.add_row(name, str(b["luts"]), str(b["lutram"]), str(b["ffs"]), f"{b['brams']:g}", str(b["urams"]),
+                  str(b["dsps"]), str(b["carry"]))  # fmt: skip
+    console.print(t)
+    if r["xcup"]["unmapped_cells"]:
+        console.print(f"cells not classified: {', '.join(r['xcup']['unmapped_cells'])}")
+    e = r["ecp5"]
+    if e:
+        console.print(
+            f"ECP5 {e['device']} ({e['package']}, speed {e['speed']}): Fmax {e['fmax_mhz']:.1f} MHz "
+            f"(target {e['target_mhz']:g}), {e['luts']} LUT4/comb, {e['ffs']} FFs incl. {e['wrapper_ffs']} wrapper "
+            f"FFs, {e['brams']} DP16KD, {e['dsps']} MULT18"
+        )
+        console.print(f"ECP5 method: {e['method']}")
+    console.print(f"total {r['seconds']:.0f} s; logs in {r['workdir']}")
+
+
+def run(args: argparse.Namespace) -> int:
+    result = collect(args)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        _print_tables(result)
+    return 0
