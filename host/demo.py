@@ -102,6 +102,9 @@ async def run_demo(
         )
         sizes = frame_sizes(frames, min_size, min(max_size, drv.mtu + 14), rng)
         pending = list(enumerate(sizes))
+        # Never more in flight than either ring can hold: a TX chain per frame, an RX buffer per frame.
+        assert drv.txq is not None and drv.rxq is not None
+        batch = max(1, min(batch, drv.txq.size // tx_chain, drv.rxq.size // rx_chain))
         while pending:
             chunk, pending = pending[:batch], pending[batch:]
             out = [make_frame(seq, size, drv.mac, rng) for seq, size in chunk]
@@ -175,7 +178,7 @@ def format_report(result: dict[str, Any]) -> str:
         lines.append(f"mac {result['mac']}  mtu {result['mtu']}  link {'up' if result['link_up'] else 'down'}")
     lines.append(
         f"traffic: {result['frames_sent']} frames sent, {result['frames_received']} received, "
-        f"{result['frames_intact'] if 'frames_intact' in result else 0} intact, {result['bytes']} bytes, "
+        f"{result.get('frames_intact', 0)} intact, {result['bytes']} bytes, "
         f"{result['errors']} errors"
     )
     if "sim_cycles" in result and result.get("frames_received"):

@@ -223,7 +223,8 @@ class PackedVirtqueue:
                 self._break(f"queue {self.index}: used id {buffer_id} is not an outstanding buffer")
             if length > state.writable:
                 self._break(
-                    f"queue {self.index}: used length {length} exceeds the {state.writable} writable bytes of id {buffer_id}"
+                    f"queue {self.index}: used length {length} exceeds the {state.writable} writable bytes"
+                    f" of id {buffer_id}"
                 )
             if self.in_order:
                 # 2.8.21: one used element may stand for a batch ending at buffer_id; all before it are done.
