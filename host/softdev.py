@@ -87,8 +87,10 @@ class QueueState:
 @dataclass
 class DeviceCounters:
     notifications: int = 0
+    notifications_with_data: int = 0
     chains: int = 0
-    descriptors: int = 0
+    descriptor_reads: int = 0
+    empty_polls: int = 0  # descriptor reads that found nothing available
     used_writes: int = 0
     interrupts: int = 0
     interrupts_suppressed: int = 0
@@ -475,6 +477,7 @@ class SoftVirtioNet:
                 self.counters.bad_register_accesses += 1
                 return
             data = spec.NOTIFY_DATA.from_int(value)
+            self.counters.notifications_with_data += 1
             vqn = data["vqn"]
             hint: tuple[int, int] | None = (data["next_off"], data["next_wrap"])
         else:
@@ -561,7 +564,7 @@ class SoftVirtioNet:
 
     async def _read_desc(self, q: QueueState, idx: int) -> dict[str, int]:
         raw = await self._dma_read(q.desc + idx * PACKED_DESC.size, PACKED_DESC.size)
-        self.counters.descriptors += 1
+        self.counters.descriptor_reads += 1
         return PACKED_DESC.unpack(raw)
 
     async def _next_chain(self, q: QueueState, generation: int) -> Chain | None:
@@ -570,6 +573,7 @@ class SoftVirtioNet:
         first = await self._read_desc(q, head)
         self._check(generation)
         if not self._is_available(q, first["flags"]):
+            self.counters.empty_polls += 1
             return None
         chain = Chain(head=head, buffer_id=0)
         desc = first

@@ -180,9 +180,7 @@ class PackedVirtqueue:
         """(size, value) of the doorbell write: notification data (4.1.5.2) or the 16-bit queue index."""
         if self.notification_data:
             vqn = self.index if self.notify_config_data is None else self.notify_config_data
-            return 4, spec.NOTIFY_DATA.to_int(
-                vqn=vqn, next_off=self.next_avail_idx, next_wrap=self.avail_wrap_counter
-            )
+            return 4, spec.NOTIFY_DATA.to_int(vqn=vqn, next_off=self.next_avail_idx, next_wrap=self.avail_wrap_counter)
         return 2, self.index
 
     async def notify(self) -> None:
