@@ -1,0 +1,292 @@
+"""Store-and-forward frame buffers between the packed-ring engine and the Ethernet streams.
+
+Why store and forward: a virtio buffer chain may scatter one frame over any number of descriptors of any
+length (Linux puts the 12-byte virtio_net_hdr in its own descriptor or in front of the frame, and page
+fragments after it), so the byte offset of each descriptor's data inside the frame is arbitrary.  Each buffer
+is a memory of ``row_width``-bit rows holding the byte stream "virtio_net_hdr + frame"; a
+:class:`ByteAppender` writes a packed stream at any byte position, a :class:`ByteExtractor` reads a packed
+stream back from any byte position.  Those two shifters are the only realignment the core needs; DMA data on
+the ports is always packed (``hdl/signatures.py``).
+
+A complete frame in a buffer is also what lets TX and RX run independently: the engine finishes a TX chain
+(and writes its used descriptor) while the frame drains to ``eth_tx``, and a received frame waits in the RX
+buffer for the engine, so looping ``eth_tx`` to ``eth_rx`` can never deadlock the single engine.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Elaboratable, Module, Mux, Signal, unsigned
+from amaranth.lib import memory
+
+from virtio_fpga import device_map, spec
+
+#: Bytes a frame buffer holds: virtio_net_hdr (5.1.6) + the largest frame.
+HDR_BYTES = spec.NET_HDR.size
+BUFFER_BYTES = HDR_BYTES + device_map.MAX_FRAME_LEN
+
+
+def buffer_rows(row_bytes: int) -> int:
+    """Rows of a frame buffer: the data, plus one row the extractor reads ahead and one the appender flushes."""
+    return (BUFFER_BYTES + row_bytes - 1) // row_bytes + 2
+
+
+def low_bytes_mask(nbytes, width_bytes: int):
+    """A ``width_bytes``-bit keep mask with the low ``nbytes`` bits set (``nbytes`` may equal the width)."""
+    return Cat(*(nbytes > i for i in range(width_bytes)))
+
+
+class ByteAppender(Elaboratable):
+    """Appends packed chunks of ``in_width`` bits to a byte stream in a row memory, at any byte position.
+
+    ``restart`` sets the write position to ``init_pos`` with the partial row ``init_acc`` (used by RX to
+    pre-load the virtio_net_hdr), ``valid`` appends the low ``nbytes`` bytes of ``data``, ``flush`` writes the
+    partial last row.  One chunk per cycle, no back-pressure.  Each chunk is rotated to the write position;
+    the part that spills into the next row is kept in ``acc`` until that row is written.
+    """
+
+    def __init__(self, write_port, row_width: int, in_width: int, reset_pos: int = 0, reset_acc: int = 0) -> None:
+        assert row_width >= in_width and row_width % 8 == 0 and in_width % 8 == 0
+        self.wp = write_port
+        self.row_width = row_width
+        self.in_width = in_width
+        row_bytes = row_width // 8
+        self.restart = Signal()
+        self.init_pos = Signal(range(row_bytes * 2 ** len(write_port.addr)))
+        self.init_acc = Signal(row_width)
+        self.valid = Signal()
+        self.data = Signal(in_width)
+        self.nbytes = Signal(range(in_width // 8 + 1))
+        self.flush = Signal()
+        self.pos = Signal(len(self.init_pos), init=reset_pos)
+        self.reset_acc = reset_acc
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        row_bytes = self.row_width // 8
+        shift_bits = (row_bytes - 1).bit_length()
+        acc = Signal(self.row_width, init=self.reset_acc)
+        s = self.pos[0:shift_bits]
+        row = self.pos[shift_bits:]
+        masked = Cat(*(Mux(i < self.nbytes, self.data.word_select(i, 8), 0) for i in range(self.in_width // 8)))
+        rotated = Signal(2 * self.row_width)
+        m.d.comb += rotated.eq(Cat(masked, Const(0, 2 * self.row_width - self.in_width)) << Cat(Const(0, 3), s))
+        low = acc | rotated[0 : self.row_width]
+        high = rotated[self.row_width :]
+        m.d.comb += self.wp.addr.eq(row)
+        with m.If(self.restart):
+            m.d.sync += [self.pos.eq(self.init_pos), acc.eq(self.init_acc)]
+        with m.Elif(self.valid):
+            m.d.comb += [self.wp.data.eq(low), self.wp.en.eq(1)]
+            m.d.sync += [
+                self.pos.eq(self.pos + self.nbytes),
+                acc.eq(Mux(s + self.nbytes >= row_bytes, high, low)),
+            ]
+        with m.Elif(self.flush):
+            m.d.comb += [self.wp.data.eq(acc), self.wp.en.eq(1)]
+        return m
+
+
+class ByteExtractor(Elaboratable):
+    """Reads ``length`` bytes from byte position ``pos`` of a row memory as a packed valid/ready stream.
+
+    Two consecutive rows are shifted down by ``pos % row_bytes``; the memory has a synchronous read port whose
+    ``en`` holds its output while the consumer stalls, so it maps to block RAM.  ``start`` is accepted only
+    while ``busy`` is low; ``abort`` drops the stream (device reset).
+    """
+
+    def __init__(self, read_port, row_width: int) -> None:
+        self.rp = read_port
+        self.row_width = row_width
+        row_bytes = row_width // 8
+        self.start = Signal()
+        self.abort = Signal()
+        self.pos = Signal(range(BUFFER_BYTES + row_bytes + 1))
+        self.length = Signal(range(BUFFER_BYTES + row_bytes + 1))
+        self.busy = Signal()
+        self.valid = Signal()
+        self.ready = Signal()
+        self.data = Signal(row_width)
+        self.keep = Signal(row_bytes)
+        self.last = Signal()
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        row_bytes = self.row_width // 8
+        shift_bits = (row_bytes - 1).bit_length()
+        cur = Signal(self.row_width)
+        shift = Signal(shift_bits)
+        next_row = Signal(len(self.rp.addr) + 1)
+        left = Signal(len(self.length))
+        both = Signal(2 * self.row_width)
+        m.d.comb += [
+            both.eq(Cat(cur, self.rp.data) >> Cat(Const(0, 3), shift)),
+            self.data.eq(both[0 : self.row_width]),
+            self.last.eq(left <= row_bytes),
+            self.keep.eq(low_bytes_mask(left, row_bytes)),
+            self.rp.addr.eq(next_row),
+            self.rp.en.eq(0),  # a read port's en resets to 1: hold the output unless a row is consumed
+        ]
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.start & ~self.abort):
+                    first = self.pos[shift_bits:]
+                    m.d.comb += [self.rp.addr.eq(first), self.rp.en.eq(1)]
+                    m.d.sync += [next_row.eq(first + 1), shift.eq(self.pos[0:shift_bits]), left.eq(self.length)]
+                    m.next = "PRIME"
+            with m.State("PRIME"):
+                m.d.comb += [self.busy.eq(1), self.rp.en.eq(1)]
+                m.d.sync += [cur.eq(self.rp.data), next_row.eq(next_row + 1)]
+                m.next = "RUN"
+                with m.If(self.abort):
+                    m.next = "IDLE"
+            with m.State("RUN"):
+                m.d.comb += [self.busy.eq(1), self.valid.eq(1)]
+                with m.If(self.abort):
+                    m.next = "IDLE"
+                with m.Elif(self.ready):
+                    m.d.comb += self.rp.en.eq(1)
+                    m.d.sync += [cur.eq(self.rp.data), next_row.eq(next_row + 1), left.eq(left - row_bytes)]
+                    with m.If(self.last):
+                        m.next = "IDLE"
+        return m
+
+
+class TxFrameBuffer(Elaboratable):
+    """TX: the engine appends a chain's bytes (header + frame) at DMA width; ``send`` streams the frame part
+    (without the 12-byte virtio_net_hdr, spec 5.1.6.2) to ``eth_tx`` 64 bits at a time.
+
+    ``busy`` is high from ``send`` until the frame's last beat left, so the engine never overwrites a frame
+    still draining.  A device reset does not cut a frame short: it was complete when the engine handed it over
+    (its used descriptor may already be written), and cutting it would break the stream's rule that a raised
+    ``valid`` keeps its payload until accepted.
+    """
+
+    def __init__(self, row_width: int) -> None:
+        self.row_width = row_width
+        self.mem = memory.Memory(shape=unsigned(row_width), depth=buffer_rows(row_width // 8), init=[])
+        self.appender = ByteAppender(self.mem.write_port(), row_width, row_width)
+        self.extractor = ByteExtractor(self.mem.read_port(), row_width)
+        self.send = Signal()
+        self.frame_len = Signal(range(BUFFER_BYTES + 1))
+        self.busy = Signal()
+        # eth_tx, driven by the core (names as EthernetStream).
+        self.tx_valid = Signal()
+        self.tx_ready = Signal()
+        self.tx_data = Signal(64)
+        self.tx_keep = Signal(8)
+        self.tx_last = Signal()
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        m.submodules.mem = self.mem
+        m.submodules.appender = self.appender
+        m.submodules.extractor = self.extractor
+        ext = self.extractor
+        lanes = self.row_width // 64
+        word = Signal(self.row_width)
+        have = Signal()
+        lane = Signal(range(lanes))
+        left = Signal(len(self.frame_len))
+        sending = Signal()
+
+        m.d.comb += [
+            ext.pos.eq(HDR_BYTES),
+            ext.length.eq(self.frame_len),
+            ext.start.eq(self.send & ~sending),
+            self.busy.eq(sending),
+            self.tx_valid.eq(have),
+            self.tx_data.eq(word.word_select(lane, 64)),
+            self.tx_keep.eq(low_bytes_mask(left, 8)),
+            self.tx_last.eq(left <= 8),
+        ]
+        with m.If(self.send & ~sending):
+            m.d.sync += [sending.eq(1), left.eq(self.frame_len)]
+        beat = self.tx_valid & self.tx_ready
+        word_done = beat & ((lane == lanes - 1) | self.tx_last)
+        m.d.comb += ext.ready.eq(~have | word_done)
+        with m.If(beat):
+            m.d.sync += [lane.eq(lane + 1), left.eq(left - 8)]
+            with m.If(self.tx_last):
+                m.d.sync += sending.eq(0)
+        with m.If(ext.valid & ext.ready):
+            m.d.sync += [word.eq(ext.data), have.eq(1), lane.eq(0)]
+        with m.Elif(word_done):
+            m.d.sync += have.eq(0)
+        return m
+
+
+class RxFrameBuffer(Elaboratable):
+    """RX: ``eth_rx`` frames are stored behind a fresh virtio_net_hdr (5.1.6.4: num_buffers = 1, no offloads),
+    then the engine reads the header + frame back at DMA width with the extractor.
+
+    A frame is dropped (never reaches the ring) if ``accept`` is low when it starts (queue not running),
+    if it is marked bad (``user`` on its last beat), empty, or longer than ``MAX_FRAME_LEN``.  While a frame
+    waits for the engine (``full``) the next one is back-pressured.  ``consume`` frees the buffer.
+    """
+
+    def __init__(self, row_width: int) -> None:
+        self.row_width = row_width
+        self.mem = memory.Memory(shape=unsigned(row_width), depth=buffer_rows(row_width // 8), init=[])
+        self.header = spec.NET_HDR.to_int(num_buffers=1, gso_type=spec.NET_HDR_GSO_NONE)
+        self.appender = ByteAppender(self.mem.write_port(), row_width, 64, HDR_BYTES, self.header)
+        self.extractor = ByteExtractor(self.mem.read_port(), row_width)
+        self.accept = Signal()
+        self.full = Signal()  # a complete frame is in the buffer (header + frame_len bytes)
+        self.frame_len = Signal(range(device_map.MAX_FRAME_LEN + 1))
+        self.consume = Signal()
+        self.abort = Signal()
+        self.dropped = Signal(16)  # frames dropped, for statistics and tests
+        self.rx_valid = Signal()
+        self.rx_ready = Signal()
+        self.rx_data = Signal(64)
+        self.rx_keep = Signal(8)
+        self.rx_last = Signal()
+        self.rx_user = Signal()
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        m.submodules.mem = self.mem
+        m.submodules.appender = self.appender
+        m.submodules.extractor = self.extractor
+        app = self.appender
+        header = self.header
+        in_frame = Signal()
+        dropping = Signal()
+        stored = Signal()  # frame complete; its last partial row is flushed in the next cycle
+        length = Signal(range(device_map.MAX_FRAME_LEN + 9))
+        nbytes = Signal(4)
+        m.d.comb += [
+            nbytes.eq(sum(self.rx_keep[i] for i in range(8))),
+            app.init_pos.eq(HDR_BYTES),
+            app.init_acc.eq(header),
+            app.data.eq(self.rx_data),
+            app.nbytes.eq(nbytes),
+            self.rx_ready.eq(~stored & ~self.full),
+        ]
+        beat = self.rx_valid & self.rx_ready
+        drop = Mux(in_frame, dropping, ~self.accept)
+        new_len = length + nbytes
+        too_big = new_len > device_map.MAX_FRAME_LEN
+        restart = Signal()
+        m.d.comb += app.restart.eq(restart)
+        with m.If(beat):
+            m.d.comb += app.valid.eq(~drop & ~too_big)
+            with m.If(self.rx_last):
+                m.d.sync += [in_frame.eq(0), dropping.eq(0), length.eq(0)]
+                with m.If(drop | too_big | self.rx_user | (new_len == 0)):
+                    m.d.comb += restart.eq(1)
+                    m.d.sync += self.dropped.eq(self.dropped + 1)
+                with m.Else():
+                    m.d.sync += [stored.eq(1), self.frame_len.eq(new_len)]
+            with m.Else():
+                m.d.sync += [in_frame.eq(1), dropping.eq(drop | too_big), length.eq(new_len)]
+        with m.If(stored):
+            m.d.comb += app.flush.eq(1)
+            m.d.sync += [stored.eq(0), self.full.eq(1)]
+        with m.If(self.consume | self.abort):
+            m.d.comb += restart.eq(1)
+            m.d.sync += self.full.eq(0)
+        with m.If(self.abort):
+            # A frame arriving during reset is dropped up to its last beat.
+            m.d.sync += [stored.eq(0), dropping.eq(in_frame | (beat & ~self.rx_last))]
+        return m
