@@ -49,6 +49,17 @@ class InProcessTransport:
         self._irq_latched[vector] = self._irq_latched.get(vector, 0) + 1
         self._irq_events.setdefault(vector, asyncio.Event()).set()
 
+    def dma_stats(self) -> dict[str, int]:
+        """The device's DMA as the memory model counted it (requests and bytes each way, MSI writes)."""
+        st = self.memory.stats
+        return {
+            "read_requests": st.reads,
+            "write_requests": st.writes,
+            "read_bytes": st.read_bytes,
+            "write_bytes": st.write_bytes,
+            "msi_writes": st.msi_writes,
+        }
+
     async def settle(self) -> None:
         """Wait until the device has no service task running (tests use it to observe a quiescent device)."""
         while self._tasks:

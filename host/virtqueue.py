@@ -39,6 +39,7 @@ class _BufferState:
 class UsedBuffer:
     token: Any
     length: int
+    id: int = 0
 
 
 class PackedVirtqueue:
@@ -246,7 +247,7 @@ class PackedVirtqueue:
             self.used_wrap_counter ^= 1
         self.num_free += state.num
         self.free_ids.append(buffer_id)
-        return UsedBuffer(state.token, length)
+        return UsedBuffer(state.token, length, buffer_id)
 
     def _break(self, message: str) -> None:
         self.broken = message

@@ -1,0 +1,138 @@
+"""``virtio-fpga compare``: the same scenarios on two devices, one driver, a diff of what the driver saw."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from virtio_fpga.cli import CliError
+
+DEVICES = ("rtl", "soft-pcie", "soft")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="run scenarios on two devices and diff the driver-visible traces")
+    p.add_argument(
+        "--devices",
+        default=None,
+        help="REF,OTHER from rtl, soft-pcie (software device on the simulated PCIe bus), soft (in-process); "
+        "default rtl,soft-pcie when the RTL simulation is available, else soft,soft",
+    )
+    p.add_argument("--scenario", action="append", default=[], help="a named scenario (repeatable); default: all")
+    p.add_argument("--seed", type=int, default=None, help="add random scenarios starting at this seed")
+    p.add_argument("--count", type=int, default=1, help="how many random scenarios with --seed")
+    p.add_argument("--plant", default=None, help="plant a bug in the second device: " + ", ".join(_fault_names()))
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--report", type=Path, default=None, help="write a report file (.html or .md)")
+    p.add_argument("--list", action="store_true", help="list the named scenarios and exit")
+    p.set_defaults(func=run)
+
+
+def _fault_names() -> list[str]:
+    from host.softdev import Fault
+
+    return [f.value for f in Fault]
+
+
+def select_scenarios(names: list[str], seed: int | None, count: int) -> list:
+    from host.scenario import find, library, random_scenario
+
+    try:
+        chosen = [find(n) for n in names] if names else ([] if seed is not None else library())
+    except KeyError as exc:
+        raise CliError(str(exc.args[0])) from None
+    if seed is not None:
+        if count < 1:
+            raise CliError("--count must be at least 1")
+        chosen += [random_scenario(seed + i) for i in range(count)]
+    return chosen
+
+
+def traces_in_process(scenarios: list, faults: frozenset) -> list[dict[str, Any]]:
+    from host.inproc import InProcessTransport
+    from host.scenario import run_scenario
+    from host.softdev import SoftVirtioNet
+
+    async def main() -> list[dict[str, Any]]:
+        out = []
+        for sc in scenarios:
+            transport = InProcessTransport(SoftVirtioNet(faults=faults))
+            out.append(await run_scenario(transport, sc))
+            await transport.close()
+        return out
+
+    return asyncio.run(main())
+
+
+def rtl_available() -> bool:
+    try:
+        import sim.compare  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_comparison(devices: list[str], scenarios: list, plant: str | None) -> dict[str, Any]:
+    from host.compare import compare_runs
+    from host.softdev import Fault
+
+    try:
+        faults = frozenset({Fault(plant)}) if plant else frozenset()
+    except ValueError:
+        raise CliError(f"unknown fault {plant!r}: choose from {', '.join(_fault_names())}") from None
+    for dev in devices:
+        if dev not in DEVICES:
+            raise CliError(f"unknown device {dev!r}: choose from {', '.join(DEVICES)}")
+    if faults and devices[1] == "rtl":
+        raise CliError("faults are planted in the software device: put soft or soft-pcie second")
+    traces: list[list[dict[str, Any]]] = [[], []]
+    sim_devices = [d for d in devices if d != "soft"]
+    if sim_devices:
+        if not rtl_available():
+            raise CliError("the simulated PCIe bus (sim/) is not available")
+        from sim.compare import run_on_bus
+
+        by_dev = run_on_bus(sim_devices, [sc.to_dict() for sc in scenarios], faults=[f.value for f in faults])
+        for k, dev in enumerate(devices):
+            if dev != "soft":
+                traces[k] = by_dev[dev]
+    for k, dev in enumerate(devices):
+        if dev == "soft":
+            traces[k] = traces_in_process(scenarios, faults if k == 1 else frozenset())
+    if faults:
+        for trace in traces[1]:
+            trace["device"] += "*"  # marks the device with the planted bug
+    return compare_runs(traces[0], traces[1])
+
+
+def run(args: argparse.Namespace) -> int:
+    from host.compare import render_html, render_markdown, render_text
+
+    if args.list:
+        from host.scenario import library
+
+        for sc in library():
+            print(f"{sc.name:28} {sc.description}")
+        return 0
+    if args.devices:
+        devices = [d.strip() for d in args.devices.split(",")]
+        if len(devices) != 2:
+            raise CliError("--devices takes exactly two devices, e.g. rtl,soft-pcie")
+    else:
+        devices = ["rtl", "soft-pcie"] if rtl_available() else ["soft", "soft"]
+    scenarios = select_scenarios(args.scenario, args.seed, args.count)
+    report = run_comparison(devices, scenarios, args.plant)
+    if args.report:
+        text = render_html(report) if args.report.suffix in (".html", ".htm") else render_markdown(report)
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(text)
+    if args.json:
+        print(json.dumps(report, sort_keys=True))
+    else:
+        print(render_text(report))
+        if args.report:
+            print(f"report written to {args.report}")
+    return 0 if report["mismatched"] == 0 else 1
