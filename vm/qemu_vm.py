@@ -426,7 +426,7 @@ def run(script: str, *, timeout: float = 150.0, image: VmImage | None = None) ->
     for old in sorted(runs.iterdir())[:-5]:
         shutil.rmtree(old, ignore_errors=True)
     outdir = Path(tempfile.mkdtemp(dir=runs, prefix=time.strftime("%Y%m%d-%H%M%S-")))
-    (outdir / "cmd.sh").write_text(script)
+    (outdir / "cmd.sh").write_text(f"export VFPGA_OUT={shlex.quote(str(outdir))}\n{script}")
     start = time.monotonic()
     proc = subprocess.Popen(qemu_command(image, outdir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
