@@ -119,7 +119,6 @@ _PER_QUEUE_ATTR = {
 }
 
 CONFIG_SPACE_SIZE = 256
-VIRTIO_CAPS_START = 0x40
 
 
 class SoftVirtioNet:
@@ -134,6 +133,7 @@ class SoftVirtioNet:
         mtu: int = dm.DEFAULT_MTU,
         faults: frozenset[Fault] = frozenset(),
         backlog_limit: int = 256,
+        caps_start: int = 0x40,
     ) -> None:
         self.dma = dma
         self.device_features_built = device_features
@@ -141,6 +141,8 @@ class SoftVirtioNet:
         self.mtu = mtu
         self.faults = faults
         self.backlog_limit = backlog_limit
+        #: Where the virtio capabilities start in config space (a PCIe peer puts its own caps before them).
+        self.caps_start = caps_start
         self.kick_hook: Callable[[], None] | None = None
         #: Frames leaving the device when no loopback (an external port); None means loop back to RX.
         self.port_out: Callable[[bytes], None] | None = None
@@ -171,16 +173,16 @@ class SoftVirtioNet:
         put(0x2C, 2, dm.SUBSYSTEM_VENDOR_ID)
         put(0x2E, 2, dm.SUBSYSTEM_ID)
         put(0x3D, 1, 1)  # INTA#, although only MSI-X is used
-        chain = dm.capability_chain(VIRTIO_CAPS_START, last_next=0)
+        chain = dm.capability_chain(self.caps_start, last_next=0)
         addrs = sorted(chain)
         self.msix_cap = (addrs[-1] + len(chain[addrs[-1]]) + 3) & ~3
-        chain = dm.capability_chain(VIRTIO_CAPS_START, last_next=self.msix_cap)
+        chain = dm.capability_chain(self.caps_start, last_next=self.msix_cap)
         for addr, data in chain.items():
             cs[addr : addr + len(data)] = data
         self.pci_cfg_cap = next(
             a for a, d in chain.items() if spec.VIRTIO_PCI_CAP.unpack(d[:16])["cfg_type"] == CfgType.PCI
         )
-        put(spec.PCI_CAPABILITY_LIST, 1, VIRTIO_CAPS_START)
+        put(spec.PCI_CAPABILITY_LIST, 1, self.caps_start)
         put(self.msix_cap + 0, 1, spec.PCI_CAP_ID_MSIX)
         put(self.msix_cap + 1, 1, 0)
         put(self.msix_cap + 2, 2, dm.NUM_MSIX_VECTORS - 1)
