@@ -1,0 +1,152 @@
+"""MSI-X table, pending-bit array and signalling through the hard IP's ``cfg_interrupt_msix_*`` ports.
+
+The table and PBA live in BAR 0 at ``MSIX_TABLE_OFFSET`` / ``MSIX_PBA_OFFSET`` (PCIe Base 7.7.2 "MSI-X
+Capability and Table Structure"); the hard IP's MSI-X capability points at them (the simulation configures
+the model's ``pf0_msix_table_offset``/``pba_offset`` to the same numbers).  With the core in "MSI-X external"
+mode (PG213 "Configuration Interrupt Controller Interface", MSI-X), user logic presents the message address
+and data of a vector on ``cfg_interrupt_msix_address/data`` and pulses ``cfg_interrupt_msix_int`` for one
+cycle; the core answers with ``cfg_interrupt_msix_sent`` (message sent) or ``cfg_interrupt_msix_fail``.  One
+interrupt is in flight at a time.
+
+Masking (PCIe Base 7.7.2.2 and 6.1.4.5): a request for a vector whose Mask bit is set, or while the
+function's Function Mask is set, or while MSI-X is disabled, sets the vector's pending bit and is sent when
+the condition clears.  Vector Control's Mask bit resets to 1, as the spec requires.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Const, Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from hdl.signatures import InterruptPort, RegisterBus
+
+
+class MsixBlock(wiring.Component):
+    """MSI-X table + PBA as a RegisterBus slave and the interrupt sender."""
+
+    def __init__(self, n_vectors: int, table_offset: int, pba_offset: int) -> None:
+        assert 1 <= n_vectors <= 64, "one PBA qword is implemented"
+        self.n_vectors = n_vectors
+        self.table_offset = table_offset
+        self.pba_offset = pba_offset
+        super().__init__(
+            {
+                "regs": Out(RegisterBus()),
+                "irq": In(InterruptPort()),
+                "msix_enable": In(1),  # cfg_interrupt_msix_enable[0] (PF0)
+                "msix_mask": In(1),  # cfg_interrupt_msix_mask[0] (PF0 Function Mask)
+                "msix_address": Out(64),
+                "msix_data": Out(32),
+                "msix_int": Out(1),
+                "msix_sent": In(1),
+                "msix_fail": In(1),
+                "pending": Out(n_vectors),
+                "sent_count": Out(32),
+                "fail_count": Out(32),
+            }
+        )
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        n = self.n_vectors
+        addrs = [Signal(64, name=f"vec{i}_addr") for i in range(n)]
+        datas = [Signal(32, name=f"vec{i}_data") for i in range(n)]
+        masks = [Signal(1, init=1, name=f"vec{i}_mask") for i in range(n)]
+
+        # ---- register access: the table is qword-addressed: q0 = message address, q1 = data | control << 32
+        regs = self.regs
+        off = Signal(16)
+        m.d.comb += off.eq(regs.addr)
+        lane = regs.addr[:3]
+        nbytes = Signal(4)
+        m.d.comb += nbytes.eq(1 << regs.size)
+        bmask = Signal(8)
+        m.d.comb += bmask.eq(((1 << nbytes) - 1) << lane)
+        wdata = Signal(64)
+        m.d.comb += wdata.eq(regs.wdata << (lane * 8))
+        qword = Signal(64)
+        done = Signal()
+        m.d.comb += regs.done.eq(done)
+        m.d.sync += done.eq(0)
+
+        def merge(old, new_bytes, enables, width):
+            parts = []
+            for b in range(width // 8):
+                parts.append(Mux(enables[b], new_bytes[b * 8 : b * 8 + 8], old[b * 8 : b * 8 + 8]))
+            return Cat(*parts)
+
+        table_end = self.table_offset + 16 * n
+        with m.If(regs.valid & ~done):
+            m.d.sync += done.eq(1)
+            for i in range(n):
+                base = self.table_offset + 16 * i
+                with m.If((off >> 3) == (base >> 3)):
+                    m.d.comb += qword.eq(addrs[i])
+                    with m.If(regs.write):
+                        m.d.sync += addrs[i].eq(merge(addrs[i], wdata, bmask, 64))
+                with m.If((off >> 3) == ((base + 8) >> 3)):
+                    m.d.comb += qword.eq(Cat(datas[i], masks[i], Const(0, 31)))
+                    with m.If(regs.write):
+                        m.d.sync += datas[i].eq(merge(datas[i], wdata[:32], bmask[:4], 32))
+                        with m.If(bmask[4]):
+                            m.d.sync += masks[i].eq(wdata[32])
+            with m.If((off >> 3) == (self.pba_offset >> 3)):
+                m.d.comb += qword.eq(self.pending)  # PBA is read-only (PCIe Base 7.7.2.4)
+            m.d.sync += regs.rdata.eq(qword >> (lane * 8))
+        del table_end
+
+        # ---- requests from the core: accepted at once, recorded as pending
+        set_pending = Signal(n)
+        clr_pending = Signal(n)
+        m.d.comb += self.irq.ready.eq(1)
+        with m.If(self.irq.valid):
+            for i in range(n):
+                with m.If(self.irq.vector == i):
+                    m.d.comb += set_pending[i].eq(1)
+        m.d.sync += self.pending.eq((self.pending & ~clr_pending) | set_pending)
+
+        # ---- sender: lowest deliverable pending vector first
+        deliverable = Signal(n)
+        for i in range(n):
+            m.d.comb += deliverable[i].eq(self.pending[i] & ~masks[i])
+        can_send = Signal()
+        m.d.comb += can_send.eq(self.msix_enable & ~self.msix_mask & (deliverable != 0))
+        sel = Signal(range(n))
+        for i in reversed(range(n)):
+            with m.If(deliverable[i]):
+                m.d.comb += sel.eq(i)
+        cur = Signal(range(n))
+        retry = Signal(8)
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(can_send & (retry == 0)):
+                    m.d.sync += cur.eq(sel)
+                    for i in range(n):
+                        with m.If(sel == i):
+                            m.d.sync += [self.msix_address.eq(addrs[i]), self.msix_data.eq(datas[i])]
+                    m.next = "FIRE"
+                with m.If(retry != 0):
+                    m.d.sync += retry.eq(retry - 1)
+            with m.State("FIRE"):
+                # Clear the pending bit as the message goes out: a request that arrives while it is in flight
+                # sets it again and is sent afterwards (no interrupt is lost).
+                m.d.comb += self.msix_int.eq(1)
+                for i in range(n):
+                    with m.If(cur == i):
+                        m.d.comb += clr_pending[i].eq(1)
+                m.next = "WAIT"
+            with m.State("WAIT"):
+                with m.If(self.msix_sent):
+                    m.d.sync += self.sent_count.eq(self.sent_count + 1)
+                    m.next = "IDLE"
+                with m.Elif(self.msix_fail):
+                    # PG213: fail means the message was not sent; keep it pending and retry after a pause.
+                    m.d.sync += self.fail_count.eq(self.fail_count + 1)
+                    for i in range(n):
+                        with m.If(cur == i):
+                            m.d.comb += set_pending[i].eq(1)
+                    m.d.sync += retry.eq(255)
+                    m.next = "IDLE"
+        return m

@@ -1,0 +1,203 @@
+"""Descriptor layouts of the UltraScale+ PCIe integrated block's four AXI-stream user interfaces (PG213).
+
+PG213 ("Designing with the Core", sections "Completer Interface" and "Requester Interface") defines the
+descriptors in the dword-aligned mode that this design uses.  The layouts below are ``lib.data`` structs, bit 0
+first, so that ``descriptor.field`` in the gateware is the PG213 field of the same name.
+
+* CQ (completer request, 128 bits, PG213 "Completer Request Descriptor Format"): data follows at dword 4.
+* CC (completer completion, 96 bits, PG213 "Completer Completion Descriptor Format"): data at dword 3.
+* RQ (requester request, 128 bits, PG213 "Requester Request Descriptor Format"): data at dword 4.
+* RC (requester completion, 96 bits, PG213 "Requester Completion Descriptor Format"): data at dword 3.
+
+``tuser`` sideband widths are those of the non-straddled interfaces below 512 bits (PG213 "Port
+Descriptions"): CQ 88, CC 33, RQ 62, RC 75.  The 512-bit interface uses a different sideband layout and is
+not implemented, nor is 64 bits (where a descriptor spans two beats): ``check_data_width`` refuses both.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from amaranth.lib import data
+
+#: Widths of the tuser sidebands below 512 bits (PG213 Tables "CQ/CC/RQ/RC interface port descriptions").
+CQ_TUSER_WIDTH = 88
+CC_TUSER_WIDTH = 33
+RQ_TUSER_WIDTH = 62
+RC_TUSER_WIDTH = 75
+
+SUPPORTED_DATA_WIDTHS = (128, 256)
+
+
+def check_data_width(data_width: int) -> None:
+    """Refuse widths whose sideband layout this design does not implement (512 uses the straddle layout)."""
+    if data_width not in SUPPORTED_DATA_WIDTHS:
+        raise ValueError(f"data_width must be one of {SUPPORTED_DATA_WIDTHS}, not {data_width}")
+
+
+class ReqType(enum.IntEnum):
+    """Request type encoding of the CQ and RQ descriptors (PG213 Table "Transaction Types")."""
+
+    MEM_READ = 0b0000
+    MEM_WRITE = 0b0001
+    IO_READ = 0b0010
+    IO_WRITE = 0b0011
+    MEM_FETCH_ADD = 0b0100
+    MEM_SWAP = 0b0101
+    MEM_CAS = 0b0110
+    MEM_READ_LOCKED = 0b0111
+    CFG_READ_0 = 0b1000
+    CFG_READ_1 = 0b1001
+    CFG_WRITE_0 = 0b1010
+    CFG_WRITE_1 = 0b1011
+    MSG = 0b1100
+    MSG_VENDOR = 0b1101
+    MSG_ATS = 0b1110
+
+
+class CplStatus(enum.IntEnum):
+    """Completion status (PCIe Base 2.2.9): successful, unsupported request, completer abort."""
+
+    SC = 0b000
+    UR = 0b001
+    CRS = 0b010
+    CA = 0b100
+
+
+CQ_DESCRIPTOR = data.StructLayout(
+    {
+        "addr_type": 2,
+        "addr": 62,  # dword address (byte address >> 2)
+        "dword_count": 11,
+        "req_type": 4,
+        "_rsvd0": 1,
+        "requester_id": 16,
+        "tag": 8,
+        "target_function": 8,
+        "bar_id": 3,
+        "bar_aperture": 6,
+        "tc": 3,
+        "attr": 3,
+        "_rsvd1": 1,
+    }
+)
+
+CC_DESCRIPTOR = data.StructLayout(
+    {
+        "lower_addr": 7,
+        "_rsvd0": 1,
+        "addr_type": 2,
+        "_rsvd1": 6,
+        "byte_count": 13,
+        "locked_read": 1,
+        "_rsvd2": 2,
+        "dword_count": 11,
+        "status": 3,
+        "poisoned": 1,
+        "_rsvd3": 1,
+        "requester_id": 16,
+        "tag": 8,
+        "completer_function": 8,
+        "completer_bus": 8,
+        "completer_id_enable": 1,
+        "tc": 3,
+        "attr": 3,
+        "force_ecrc": 1,
+    }
+)
+
+RQ_DESCRIPTOR = data.StructLayout(
+    {
+        "addr_type": 2,
+        "addr": 62,
+        "dword_count": 11,
+        "req_type": 4,
+        "poisoned": 1,
+        "requester_id": 16,
+        "tag": 8,
+        "completer_id": 16,
+        "requester_id_enable": 1,
+        "tc": 3,
+        "attr": 3,
+        "force_ecrc": 1,
+    }
+)
+
+RC_DESCRIPTOR = data.StructLayout(
+    {
+        "lower_addr": 12,
+        "error_code": 4,
+        "byte_count": 13,
+        "locked_read": 1,
+        "request_completed": 1,
+        "_rsvd0": 1,
+        "dword_count": 11,
+        "status": 3,
+        "poisoned": 1,
+        "_rsvd1": 1,
+        "requester_id": 16,
+        "tag": 8,
+        "completer_id": 16,
+        "_rsvd2": 1,
+        "tc": 3,
+        "attr": 3,
+        "_rsvd3": 1,
+    }
+)
+
+#: RQ tuser fields used here (PG213 "Requester Request Interface" sideband, non-straddled, < 512 bits).
+RQ_TUSER = data.StructLayout(
+    {
+        "first_be": 4,
+        "last_be": 4,
+        "addr_offset": 3,
+        "discontinue": 1,
+        "tph_present": 1,
+        "tph_type": 2,
+        "tph_indirect_tag_en": 1,
+        "tph_st_tag": 8,
+        "seq_num_lo": 4,
+        "parity": 32,
+        "seq_num_hi": 2,
+    }
+)
+
+#: CQ tuser fields used here (PG213 "Completer Request Interface" sideband, < 512 bits).
+CQ_TUSER = data.StructLayout(
+    {
+        "first_be": 4,
+        "last_be": 4,
+        "byte_en": 32,
+        "sop": 1,
+        "discontinue": 1,
+        "tph_present": 1,
+        "tph_type": 2,
+        "tph_st_tag": 8,
+        "parity": 32,
+        "_rsvd": 3,
+    }
+)
+
+#: RC tuser fields used here (PG213 "Requester Completion Interface" sideband, < 512 bits).
+RC_TUSER = data.StructLayout(
+    {
+        "byte_en": 32,
+        "is_sof": 2,
+        "is_eof_0": 4,
+        "is_eof_1": 4,
+        "discontinue": 1,
+        "parity": 32,
+    }
+)
+
+#: Completion error codes the hard IP reports in the RC descriptor (PG213 "Requester Completion Descriptor").
+RC_ERROR_NONE = 0
+
+assert CQ_DESCRIPTOR.size == 128 and RQ_DESCRIPTOR.size == 128
+assert CC_DESCRIPTOR.size == 96 and RC_DESCRIPTOR.size == 96
+assert CQ_TUSER.size == CQ_TUSER_WIDTH and RQ_TUSER.size == RQ_TUSER_WIDTH and RC_TUSER.size == RC_TUSER_WIDTH
+
+
+def max_size_bytes(code: int) -> int:
+    """cfg_max_payload / cfg_max_read_req encoding (PCIe Device Control): 0 = 128 bytes ... 5 = 4096 bytes."""
+    return 128 << code

@@ -1,0 +1,136 @@
+"""Amaranth -> Verilog -> Icarus through ``cocotb_tools.runner``, callable from plain Python.
+
+* :func:`build` generates ``virtio_net_endpoint`` for a data width and core and compiles it with Icarus.  The
+  build is cached under ``build/sim/<key>``, where the key hashes every source the design is made from
+  (``hdl/**.py``, ``virtio_fpga/{spec,device_map}.py``) and the parameters, so an unchanged design is not
+  regenerated.  ``waves=True`` builds a separate copy that dumps an FST waveform.
+* :func:`run_scenario` runs one host-side scenario (an ``async def fn(transport, **args) -> dict``) against the
+  RTL through the generic bridge in :mod:`sim.bench`, and returns its result dict plus simulation statistics.
+  It raises :class:`SimulationError` when the cocotb test fails, with the log's tail in the message.
+* :func:`run_cocotb` runs arbitrary cocotb test modules against the same build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BUILD_ROOT = Path(os.environ.get("VIRTIO_FPGA_BUILD", REPO / "build" / "sim"))
+TOPLEVEL = "virtio_net_endpoint"
+
+
+class SimulationError(RuntimeError):
+    """The simulation ran but its cocotb test failed (or produced no result)."""
+
+
+def _design_key(data_width: int, core: str, waves: bool, timeout: int) -> str:
+    h = hashlib.sha256()
+    files = sorted((REPO / "hdl").rglob("*.py")) + [REPO / "virtio_fpga" / "spec.py",
+                                                    REPO / "virtio_fpga" / "device_map.py", Path(__file__)]
+    for f in files:
+        h.update(str(f.relative_to(REPO)).encode())
+        h.update(f.read_bytes())
+    h.update(f"{data_width}:{core}:{waves}:{timeout}".encode())
+    return h.hexdigest()[:16]
+
+
+_AUTO_TRIGGER = re.compile(r"^(\s*)reg (\\\$auto\$verilog_backend\S*)\s+= 0;$", re.MULTILINE)
+
+
+def icarus_time_zero_fix(text: str) -> str:
+    """Make Icarus evaluate every combinational block once after time 0.
+
+    Yosys' Verilog backend gives each ``always @*`` block a dummy sensitivity register declared ``= 0`` so that
+    it runs at time 0.  Icarus 11 applies declaration initialisers without an event, so a block whose real
+    inputs never change (an FSM output decoded from a state that stays in reset) would stay X forever.
+    Toggling the dummy register after 1 ns wakes every such block once; the logic itself is unchanged.
+    """
+    return _AUTO_TRIGGER.sub(lambda mo: f"{mo.group(0)}\n{mo.group(1)}initial #1 {mo.group(2)} = 1;", text)
+
+
+def build(data_width: int = 256, *, core: str = "virtio", waves: bool = False,
+          dma_timeout_cycles: int = 1 << 16) -> Path:
+    """Generate and compile the design; returns the build directory (cached)."""
+    from cocotb_tools.runner import get_runner
+
+    key = _design_key(data_width, core, waves, dma_timeout_cycles)
+    build_dir = BUILD_ROOT / f"{TOPLEVEL}_{data_width}_{core}_{key}"
+    source = build_dir / f"{TOPLEVEL}.v"
+    stamp = build_dir / ".built"
+    if not stamp.exists():
+        from amaranth.back import verilog
+
+        from hdl.top import VirtioNetEndpoint
+
+        build_dir.mkdir(parents=True, exist_ok=True)
+        top = VirtioNetEndpoint(data_width, core=core, dma_timeout_cycles=dma_timeout_cycles)
+        source.write_text(icarus_time_zero_fix(verilog.convert(top, name=TOPLEVEL, emit_src=False)))
+        runner = get_runner("icarus")
+        runner.build(sources=[source], hdl_toplevel=TOPLEVEL, build_dir=build_dir, waves=waves,
+                     timescale=("1ns", "1ps"), always=True, log_file=build_dir / "build.log")
+        stamp.write_text("ok\n")
+    return build_dir
+
+
+def run_cocotb(test_module: str, *, testcase: str | list[str] | None = None, data_width: int = 256,
+               core: str = "virtio", waves: bool = False, extra_env: dict[str, str] | None = None,
+               dma_timeout_cycles: int = 1 << 16) -> Path:
+    """Run cocotb tests; raises :class:`SimulationError` if any fails.  Returns the run directory."""
+    from cocotb_tools.runner import get_results, get_runner
+
+    build_dir = build(data_width, core=core, waves=waves, dma_timeout_cycles=dma_timeout_cycles)
+    run_dir = Path(tempfile.mkdtemp(prefix="run_", dir=build_dir))
+    results = run_dir / "results.xml"
+    log_file = run_dir / "sim.log"
+    env = {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "COCOTB_LOG_LEVEL": os.environ.get("COCOTB_LOG_LEVEL", "WARNING")}
+    env.update(extra_env or {})
+    runner = get_runner("icarus")
+    try:
+        runner.test(test_module=test_module, hdl_toplevel=TOPLEVEL, hdl_toplevel_lang="verilog", testcase=testcase,
+                    build_dir=build_dir,
+                    test_dir=run_dir, results_xml=str(results), extra_env=env, waves=waves, log_file=log_file,
+                    timescale=("1ns", "1ps"))
+        _, failed = get_results(results)
+    except Exception as exc:  # the runner raises when the simulator fails to produce results
+        raise SimulationError(f"{test_module}: simulation failed: {exc}\n{_tail(log_file)}") from exc
+    if failed:
+        raise SimulationError(f"{test_module}: {failed} cocotb test(s) failed; log {log_file}\n{_tail(log_file)}")
+    return run_dir
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def run_scenario(scenario: str, args: dict | None = None, *, waves: bool = False, data_width: int = 256,
+                 backpressure: bool = False, core: str = "virtio", seed: int = 1) -> dict:
+    """Run ``module:function`` against the RTL; returns its dict plus ``sim_cycles``, DMA counts, guard check.
+
+    The function is called as ``await fn(transport, **args)`` with a :class:`sim.transport.CocotbPcieTransport`.
+    """
+    with tempfile.TemporaryDirectory(prefix="virtio_fpga_result_") as tmp:
+        result_path = Path(tmp) / "result.json"
+        env = {
+            "VIRTIO_FPGA_SCENARIO": scenario,
+            "VIRTIO_FPGA_ARGS": json.dumps(args or {}),
+            "VIRTIO_FPGA_RESULT": str(result_path),
+            "VIRTIO_FPGA_BACKPRESSURE": "1" if backpressure else "0",
+            "VIRTIO_FPGA_SEED": str(seed),
+        }
+        run_dir = run_cocotb("sim.bench", testcase="run_scenario", data_width=data_width, core=core, waves=waves,
+                             extra_env=env)
+        if not result_path.exists():
+            raise SimulationError(f"scenario {scenario} wrote no result ({run_dir})")
+        result = json.loads(result_path.read_text())
+        if waves:
+            result["waves"] = str(next(iter(sorted(run_dir.parent.glob("*.fst"))), run_dir))
+        return result
