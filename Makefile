@@ -39,6 +39,10 @@ test: deps
 test-slow: deps
 	$(PY) -m pytest -q -m slow
 
+# The real-VFIO test in a QEMU guest (installs QEMU 10 and a guest kernel into ~/.cache on first use).
+vm-test: deps
+	$(PY) -m pytest -q -m vm tests/test_vm.py
+
 lint: deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

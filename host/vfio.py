@@ -633,6 +633,11 @@ class VfioTransport:
         if mem is None:
             length = (size + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
             mem = mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_POPULATE)
+        # A fork (subprocess, multiprocessing) would make these pages copy-on-write: the parent's next store
+        # would land in a fresh copy while the IOMMU still points at the pinned original.  Keep them out of
+        # children altogether, as DPDK does.
+        with contextlib.suppress(OSError, AttributeError):
+            mem.madvise(mmap.MADV_DONTFORK)
         anchor = ctypes.c_char.from_buffer(mem)
         vaddr = ctypes.addressof(anchor)
         del anchor

@@ -67,10 +67,11 @@ mount -t devtmpfs devtmpfs /newroot/dev
 mkdir -p /newroot/dev/pts /newroot/dev/hugepages
 mount -t devpts devpts /newroot/dev/pts
 mount -t hugetlbfs hugetlbfs /newroot/dev/hugepages
-mount -t tmpfs tmpfs /newroot/tmp
 mount -t tmpfs tmpfs /newroot/run
+mkdir -p /newroot/run/tmp
 echo "vfpga-init: running $out/cmd.sh"
-chroot /newroot /bin/sh -c "cd / && exec /bin/sh $out/cmd.sh" > "/newroot$out/output.log" 2>&1
+chroot /newroot /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/run/tmp TMPDIR=/run/tmp \
+  PYTHONDONTWRITEBYTECODE=1 /bin/sh -c "cd / && exec /bin/sh $out/cmd.sh" > "/newroot$out/output.log" 2>&1
 echo $? > "/newroot$out/rc"
 dmesg > "/newroot$out/dmesg.log"
 umount "/newroot$out"
@@ -417,8 +418,8 @@ def qemu_command(image: VmImage, outdir: Path) -> list[str]:
 def run(script: str, *, timeout: float = 150.0, image: VmImage | None = None) -> VmResult:
     """Boot the guest, run ``script`` (sh) inside the chroot of the host root, and collect what it wrote.
 
-    The output directory lives in the cache (not /tmp, which the guest covers with its own tmpfs) and is
-    kept for inspection; the newest few are retained.
+    The host root is read-only in the guest; /run is the guest's own tmpfs (TMPDIR and HOME point there).
+    The output directory lives in the cache and is kept for inspection; the newest few are retained.
     """
     image = image or ensure_image()
     runs = cache_dir() / "runs"
