@@ -368,6 +368,7 @@ class VmResult:
 #: MAC addresses of the two NICs (locally administered), so the guest can tell A from B.
 MAC_A = "52:54:00:fa:00:0a"
 MAC_B = "52:54:00:fa:00:0b"
+MAC_LOOP = "52:54:00:fa:00:0c"
 
 
 def qemu_command(image: VmImage, outdir: Path) -> list[str]:
@@ -404,6 +405,12 @@ def qemu_command(image: VmImage, outdir: Path) -> list[str]:
         "-device", f"virtio-net-pci,netdev=hpa,mac={MAC_A},bus=rpa,{net_opts}",
         "-device", "pcie-root-port,id=rpb,chassis=2,slot=2,bus=pcie.0,addr=0x11",
         "-device", f"virtio-net-pci,netdev=hpb,mac={MAC_B},bus=rpb,{net_opts}",
+        # a third NIC whose netdev sends every frame back to itself (a unix datagram socket addressed to its
+        # own path): QEMU's device as a loopback device, the shape `virtio-fpga demo` and the scenarios expect
+        "-netdev", f"dgram,id=loop,local.type=unix,local.path={outdir / 'loop.sock'},"
+        f"remote.type=unix,remote.path={outdir / 'loop.sock'}",
+        "-device", "pcie-root-port,id=rpe,chassis=5,slot=5,bus=pcie.0,addr=0x14",
+        "-device", f"virtio-net-pci,netdev=loop,mac={MAC_LOOP},bus=rpe,{net_opts}",
         # a two-function device behind one root port: both functions share an IOMMU group ("not viable")
         "-device", "pcie-root-port,id=rpc,chassis=3,slot=3,bus=pcie.0,addr=0x12",
         "-device", "virtio-rng-pci,disable-legacy=on,bus=rpc,addr=0x0.0,multifunction=on",
