@@ -96,9 +96,14 @@ def run_cocotb(test_module: str, *, testcase: str | list[str] | None = None, dat
                     build_dir=build_dir,
                     test_dir=run_dir, results_xml=str(results), extra_env=env, waves=waves, log_file=log_file,
                     timescale=("1ns", "1ps"))
-        _, failed = get_results(results)
+    except SystemExit:  # cocotb_tools exits when a test failed; the results file says which
+        pass
     except Exception as exc:  # the runner raises when the simulator fails to produce results
         raise SimulationError(f"{test_module}: simulation failed: {exc}\n{_tail(log_file)}") from exc
+    try:
+        _, failed = get_results(results)
+    except Exception as exc:
+        raise SimulationError(f"{test_module}: no results ({exc})\n{_tail(log_file)}") from exc
     if failed:
         raise SimulationError(f"{test_module}: {failed} cocotb test(s) failed; log {log_file}\n{_tail(log_file)}")
     return run_dir

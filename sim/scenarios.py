@@ -158,18 +158,47 @@ async def testcore_dma_copy(transport, cases: list[list[int]] | None = None, see
         cases = [[0, 0, 1], [1, 3, 5], [3, 0, 64], [0, 7, 100], [5, 2, 513], [4095 - 100, 11, 300],
                  [2, 4094, 4100], [0, 0, 4096], [17, 33, 9000]]
     results = []
+    log = transport.bench.counters.requests
+    dut = transport.bench.dut
+    mps = 128 << int(dut.cfg_max_payload.value)
+    mrrs = 128 << int(dut.cfg_max_read_req.value)
     for src_off, dst_off, length in cases:
         src = transport.alloc_dma(src_off + length, align=4096)
         dst = transport.alloc_dma(dst_off + length, align=4096)
         payload = bytes(rng.getrandbits(8) for _ in range(length))
         src.write(src_off, payload)
+        first = len(log)
         status = await _copy(transport, src.iova + src_off, dst.iova + dst_off, length)
         got = dst.read(dst_off, length)
+        tlps = log[first:]
         results.append({"src_off": src_off, "dst_off": dst_off, "len": length, "ok": got == payload,
                         "error_bit": bool(status & 2),
                         "first_bad": next((i for i in range(length) if got[i] != payload[i]), None),
-                        "untouched_prefix": dst.read(0, dst_off) == bytes(dst_off)})
-    return {"cases": results}
+                        "untouched_prefix": dst.read(0, dst_off) == bytes(dst_off),
+                        "reads": check_requests([t for t in tlps if t[0] == "R"], src.iova + src_off, length, mrrs),
+                        "writes": check_requests([t for t in tlps if t[0] == "W"], dst.iova + dst_off, length, mps)})
+    return {"cases": results, "mps": mps, "mrrs": mrrs}
+
+
+def check_requests(tlps: list, addr: int, length: int, max_size: int) -> dict:
+    """Do the TLPs cover [addr, addr+length) exactly, in order, none over ``max_size`` or across 4 KiB?
+
+    PCIe Base 2.2.7: a request's length is limited by Max_Payload_Size (writes) or Max_Read_Request_Size
+    (reads) and it must not cross a 4 KiB boundary.
+    """
+    problems = []
+    pos = addr
+    for _, a, n in tlps:
+        if a != pos:
+            problems.append(f"request at {a:#x}, expected {pos:#x}")
+        if n > max_size:
+            problems.append(f"request of {n} bytes > {max_size}")
+        if n and (a // 4096) != ((a + n - 1) // 4096):
+            problems.append(f"request {a:#x}+{n} crosses 4 KiB")
+        pos = a + n
+    if pos != addr + length:
+        problems.append(f"requests end at {pos:#x}, expected {addr + length:#x}")
+    return {"count": len(tlps), "problems": problems}
 
 
 async def testcore_dma_stress(transport, copies: int = 40, max_len: int = 3000, seed: int = 11) -> dict:

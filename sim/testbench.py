@@ -39,7 +39,9 @@ class BusCounters:
     dma_read_bytes: int = 0
     dma_write_bytes: int = 0
     completions: int = 0
-    extra: dict = field(default_factory=dict)
+    #: (kind "R"/"W", byte address, bytes) of every RQ request, oldest first (capped at ``log_limit``)
+    requests: list = field(default_factory=list)
+    log_limit: int = 100_000
 
     def as_dict(self) -> dict:
         return {
@@ -176,16 +178,19 @@ class EndpointBench:
                     data = int(dut.s_axis_rq_tdata.value)
                     dword_count = (data >> 64) & 0x7FF
                     req_type = (data >> 75) & 0xF
+                    first_be = int(dut.s_axis_rq_tuser.value) & 0xF
+                    last_be = (int(dut.s_axis_rq_tuser.value) >> 4) & 0xF
+                    nbytes = _be_bytes(dword_count, first_be, last_be)
+                    addr = (data & ((1 << 64) - 4)) + ((first_be & -first_be).bit_length() - 1 if first_be else 0)
+                    c = self.counters
                     if req_type == 0:
-                        self.counters.dma_read_requests += 1
-                        first_be = int(dut.s_axis_rq_tuser.value) & 0xF
-                        last_be = (int(dut.s_axis_rq_tuser.value) >> 4) & 0xF
-                        self.counters.dma_read_bytes += _be_bytes(dword_count, first_be, last_be)
+                        c.dma_read_requests += 1
+                        c.dma_read_bytes += nbytes
                     elif req_type == 1:
-                        self.counters.dma_write_requests += 1
-                        first_be = int(dut.s_axis_rq_tuser.value) & 0xF
-                        last_be = (int(dut.s_axis_rq_tuser.value) >> 4) & 0xF
-                        self.counters.dma_write_bytes += _be_bytes(dword_count, first_be, last_be)
+                        c.dma_write_requests += 1
+                        c.dma_write_bytes += nbytes
+                    if req_type in (0, 1) and len(c.requests) < c.log_limit:
+                        c.requests.append(("R" if req_type == 0 else "W", addr, nbytes))
                 sop = bool(int(dut.s_axis_rq_tlast.value))
 
     # ---------------------------------------------------------------------------------------------
