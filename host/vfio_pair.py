@@ -41,28 +41,22 @@ class UsedWriteFlagQuirk:
         self.fixed = 0
 
     def install(self, vq: Any) -> None:
-        original = vq.get_used
+        """Hook the queue's ``more_used`` check: the slot is fixed right after it is seen used and before the
+        driver reads it, so a descriptor the device completes concurrently cannot slip past unfixed."""
+        original = vq.more_used
 
-        def get_used() -> list:
-            idx, wrap = vq.last_used_idx, vq.used_wrap_counter
-            for _ in range(vq.size):
-                off = idx * spec.PACKED_DESC.size
-                flags = int.from_bytes(vq.ring.mem[off + 14 : off + 16], "little")
-                if not bool(flags & DescFlag.AVAIL) == bool(flags & DescFlag.USED) == bool(wrap):
-                    break
-                state = vq.desc_state.get(int.from_bytes(vq.ring.mem[off + 12 : off + 14], "little"))
-                if state is None:
-                    break  # not ours to judge: the driver reports it
-                if state.writable and not flags & DescFlag.WRITE:
-                    vq.ring.mem[off + 14 : off + 16] = (flags | DescFlag.WRITE).to_bytes(2, "little")
-                    self.fixed += 1
-                idx += state.num
-                if idx >= vq.size:
-                    idx -= vq.size
-                    wrap ^= 1
-            return original()
+        def more_used() -> bool:
+            if not original():
+                return False
+            off = vq.last_used_idx * spec.PACKED_DESC.size
+            flags = int.from_bytes(vq.ring.mem[off + 14 : off + 16], "little")
+            state = vq.desc_state.get(int.from_bytes(vq.ring.mem[off + 12 : off + 14], "little"))
+            if state is not None and state.writable and not flags & DescFlag.WRITE:
+                vq.ring.mem[off + 14 : off + 16] = (flags | DescFlag.WRITE).to_bytes(2, "little")
+                self.fixed += 1
+            return True
 
-        vq.get_used = get_used
+        vq.more_used = more_used
 
 
 async def _transfer(

@@ -33,6 +33,8 @@ from virtio_fpga import cli, spec  # noqa: E402
 from vm.qemu_vm import MAC_A, MAC_B, MAC_LOOP  # noqa: E402
 
 PCI = Path("/sys/bus/pci/devices")
+#: Scenarios traced on QEMU in the test boot: traffic, interrupt suppression, and a malformed chain.
+TRACE_SCENARIOS = ("basic", "event-idx", "malformed-chain_loop")
 results: dict[str, Any] = {}
 
 
@@ -205,6 +207,23 @@ def main(outdir: Path) -> int:
         report = json.loads(out) if out.strip().startswith("{") else {}
         ok = code == 0 and report.get("ok") is True and unbind_code == 0
         record(name, ok, code=code, report=report, stderr=err[-2000:], unbind=unbind_code, unbind_stderr=unbind_err)
+
+    # ---- QEMU as a third device for the comparison harness: every library scenario, traced raw -------------
+    @check("qemu_traces")
+    def _(name: str) -> None:
+        from host.scenario import library
+        from vm.qemu_traces import run_in_guest
+
+        # A few scenarios keep the boot short; `python vm/qemu_traces.py` traces the whole library.
+        scenarios = [sc.to_dict() for sc in library() if sc.name in TRACE_SCENARIOS]
+        traces = run_in_guest(scenarios)
+        results["qemu_trace_list"] = traces
+        names = [t["scenario"] for t in traces]
+        skipped = {t["scenario"]: t["skipped"] for t in traces if t.get("skipped")}
+        ok = names == [sc["name"] for sc in scenarios] and all(t["events"] for t in traces if not t.get("skipped"))
+        ok = ok and len(traces) == len(TRACE_SCENARIOS) and not skipped
+        ok = ok and driver_of(roles["nic_loop"]) == "virtio-pci"
+        record(name, ok, scenarios=len(traces), skipped=skipped, driver_after=driver_of(roles["nic_loop"]))
 
     # ---- unbind restores the boot-time driver -------------------------------------------------------------------
     @check("unbind_restores")
