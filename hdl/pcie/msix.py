@@ -93,7 +93,9 @@ class MsixBlock(wiring.Component):
                             m.d.sync += masks[i].eq(wdata[32])
             with m.If((off >> 3) == (self.pba_offset >> 3)):
                 m.d.comb += qword.eq(self.pending)  # PBA is read-only (PCIe Base 7.7.2.4)
-            m.d.sync += regs.rdata.eq(qword >> (lane * 8))
+            size_mask = Signal(64)
+            m.d.comb += size_mask.eq(Mux(regs.size == 3, (1 << 64) - 1, (Const(1, 65) << (nbytes * 8)) - 1))
+            m.d.sync += regs.rdata.eq((qword >> (lane * 8)) & size_mask)  # unused high bytes read as 0
         del table_end
 
         # ---- requests from the core: accepted at once, recorded as pending
