@@ -5,7 +5,11 @@ Environment (set by :func:`sim.runner.run_scenario`):
 * ``VIRTIO_FPGA_SCENARIO`` - ``"package.module:function"``, an ``async def fn(transport, **args) -> dict``;
 * ``VIRTIO_FPGA_ARGS`` - JSON object of keyword arguments;
 * ``VIRTIO_FPGA_RESULT`` - where to write the JSON result;
-* ``VIRTIO_FPGA_BACKPRESSURE`` - "1" for idle/back-pressure insertion on the AXI streams; ``VIRTIO_FPGA_SEED``.
+* ``VIRTIO_FPGA_BACKPRESSURE`` - "1" for idle/back-pressure insertion on the AXI streams; ``VIRTIO_FPGA_SEED``;
+* ``VIRTIO_FPGA_TARGET`` - "rtl" (default) or "soft": run the scenario on the software reference device
+  (:mod:`sim.soft_peer`), attached as a second device on the same RootComplex as the RTL;
+* ``VIRTIO_FPGA_PEER`` - "soft": attach the software device too and pass its transport to the scenario as
+  ``peer_transport`` (for side-by-side comparisons in one simulation).
 
 The result is the function's dict plus ``sim_cycles``, ``dma_read_requests``, ``dma_write_requests``,
 ``dma_read_bytes``, ``dma_write_bytes`` (counted on the RQ bus from the end of enumeration to the end of the
@@ -38,16 +42,36 @@ async def run_scenario(dut) -> None:
     fn = load_scenario(os.environ["VIRTIO_FPGA_SCENARIO"])
     args = json.loads(os.environ.get("VIRTIO_FPGA_ARGS", "{}") or "{}")
     bench = await EndpointBench.create(dut, backpressure=os.environ.get("VIRTIO_FPGA_BACKPRESSURE") == "1",
-                          seed=int(os.environ.get("VIRTIO_FPGA_SEED", "1")))
+                                       seed=int(os.environ.get("VIRTIO_FPGA_SEED", "1")))
+    target = os.environ.get("VIRTIO_FPGA_TARGET", "rtl")
+    peer = None
+    if target == "soft" or os.environ.get("VIRTIO_FPGA_PEER") == "soft":
+        from sim.soft_peer import SoftVirtioPcieFunction
+
+        peer = bench.add_function(SoftVirtioPcieFunction())
     await bench.init()
-    transport = CocotbPcieTransport(bench)
+    rtl = CocotbPcieTransport(bench)
+    peer_transport = None
+    if peer is not None:
+        peer_transport = CocotbPcieTransport(bench, ep=await bench.find(peer))
+        peer_transport.name = "soft"
+    if target == "soft":
+        transport = peer_transport
+    else:
+        transport = rtl
+        if peer_transport is not None:
+            args = {**args, "peer_transport": peer_transport}
     before = bench.counters.as_dict()
     result = await fn(transport, **args)
     after = bench.counters.as_dict()
     out = dict(result or {})
     for key, value in after.items():
         out[key] = value - before[key]
-    violations = transport.guard_violations()
+    violations = rtl.guard_violations() + (peer_transport.guard_violations() if peer_transport else [])
+    if target == "soft" and peer is not None:  # the RQ monitor sees only the RTL: report the soft device's own DMA
+        stats = peer.dma_stats()
+        out.update(dma_read_requests=stats["read_requests"], dma_write_requests=stats["write_requests"],
+                   dma_read_bytes=stats["read_bytes"], dma_write_bytes=stats["write_bytes"])
     out["guard_bytes_ok"] = not violations
     out["guard_violations"] = violations
     out["cfg_ext_timeouts"] = bench.dev.cfg_ext_timeouts

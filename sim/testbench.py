@@ -214,14 +214,26 @@ class EndpointBench:
             await self.ep.set_master()
         return self.ep
 
-    def add_function(self, device) -> None:
-        """Attach another PCIe device (e.g. a cocotbext-pcie MemoryEndpoint) on a new root port.
+    def add_function(self, function):
+        """Attach another PCIe function (e.g. :class:`sim.soft_peer.SoftVirtioPcieFunction`, any cocotbext-pcie
+        ``Function``) as a device of its own on a new root port of the same RootComplex.
 
-        Call before :meth:`init`, which enumerates everything on the RootComplex.
+        Call before :meth:`init`, which enumerates everything.  Returns the function; after :meth:`init`,
+        :meth:`find` gives its ``PciDevice`` (what :class:`sim.transport.CocotbPcieTransport` takes as ``ep``).
         """
-        port = self.rc.make_port()
-        port.connect(device)
-        self.extra_functions.append(device)
+        from cocotbext.pcie.core import Device
+
+        device = function if isinstance(function, Device) else Device(function)
+        self.rc.make_port().connect(device)
+        self.extra_functions.append(device.functions[0])
+        return device.functions[0]
+
+    async def find(self, function):
+        """The enumerated ``PciDevice`` of a function added with :meth:`add_function`, enabled as bus master."""
+        ep = self.rc.find_device(function.pcie_id)
+        await ep.enable_device()
+        await ep.set_master()
+        return ep
 
     async def cycles(self, n: int) -> None:
         for _ in range(n):

@@ -132,3 +132,11 @@ def test_scenario_failure_is_reported() -> None:
     with pytest.raises(SimulationError):
         run_scenario("sim.scenarios:does_not_exist", {}, core="test")
 
+
+
+def test_second_function_on_the_same_root_complex() -> None:
+    """The software reference device sits beside the RTL on the RootComplex and is driven the same way."""
+    r = scenario("enumerate_and_walk", target="soft")
+    assert (r["vendor_id"], r["device_id"]) == (device_map.VENDOR_ID, device_map.DEVICE_ID)
+    types = [c["cfg_type"] for c in r["caps"] if c["id"] == spec.PCI_CAP_ID_VNDR]
+    assert sorted(types) == sorted(int(c.cfg_type) for c in device_map.VIRTIO_CAPS)
