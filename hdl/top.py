@@ -80,10 +80,10 @@ def top_ports(data_width: int = 256) -> list[tuple[str, str, int]]:
         ("cfg_ext_read_data", "out", 32),
         ("cfg_ext_read_data_valid", "out", 1),
     ]
+    # Ethernet streams: keep has one bit per byte (not per dword as on the PCIe streams)
     axis("eth_tx", False, ETH_WIDTH, ETH_WIDTH // 8, 1)
     axis("eth_rx", True, ETH_WIDTH, ETH_WIDTH // 8, 1)
     ports.append(("loopback_enable", "in", 1))
-    # Ethernet keep is per byte, unlike PG213 streams (per dword): fix the widths set by axis() above.
     return ports
 
 
@@ -93,14 +93,14 @@ def _default_core(data_width: int) -> wiring.Component:
     return VirtioNetCore(data_width=data_width, device_features=device_map.DEVICE_FEATURES)
 
 
-def test_core(data_width: int) -> wiring.Component:
+def pcie_test_core(data_width: int) -> wiring.Component:
     """The stand-in core (``hdl.pcie.testcore``) for PCIe-only tests."""
     from hdl.pcie.testcore import DmaTestCore
 
     return DmaTestCore(data_width)
 
 
-CORES: dict[str, Callable[[int], wiring.Component]] = {"virtio": _default_core, "test": test_core}
+CORES: dict[str, Callable[[int], wiring.Component]] = {"virtio": _default_core, "test": pcie_test_core}
 
 
 class VirtioNetEndpoint(wiring.Component):
