@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -104,6 +105,10 @@ def run_cocotb(test_module: str, *, testcase: str | list[str] | None = None, dat
         _, failed = get_results(results)
     except Exception as exc:
         raise SimulationError(f"{test_module}: no results ({exc})\n{_tail(log_file)}") from exc
+    if waves:  # Icarus' dump module writes next to the build; keep each run's waves with its log
+        dump = build_dir / f"{TOPLEVEL}.fst"
+        if dump.exists():
+            shutil.move(dump, run_dir / "waves.fst")
     if failed:
         raise SimulationError(f"{test_module}: {failed} cocotb test(s) failed; log {log_file}\n{_tail(log_file)}")
     return run_dir
@@ -142,5 +147,7 @@ def run_scenario(scenario: str, args: dict | None = None, *, waves: bool = False
             raise SimulationError(f"scenario {scenario} wrote no result ({run_dir})")
         result = json.loads(result_path.read_text())
         if waves:
-            result["waves"] = str(next(iter(sorted(run_dir.parent.glob("*.fst"))), run_dir))
+            result["waves"] = str(run_dir / "waves.fst")
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)  # logs of passing runs are not kept
         return result

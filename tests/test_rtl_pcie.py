@@ -140,3 +140,11 @@ def test_second_function_on_the_same_root_complex() -> None:
     assert (r["vendor_id"], r["device_id"]) == (device_map.VENDOR_ID, device_map.DEVICE_ID)
     types = [c["cfg_type"] for c in r["caps"] if c["id"] == spec.PCI_CAP_ID_VNDR]
     assert sorted(types) == sorted(int(c.cfg_type) for c in device_map.VIRTIO_CAPS)
+
+
+def test_waves_on_request() -> None:
+    from pathlib import Path
+
+    r = scenario("testcore_bar_access", {"count": 4}, waves=True)
+    assert r["mismatches"] == []
+    assert Path(r["waves"]).stat().st_size > 1000
