@@ -22,6 +22,7 @@ Command line: ``python vm/qemu_vm.py setup`` (build the cache), ``python vm/qemu
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import io
 import lzma
@@ -344,11 +345,14 @@ def ensure_image() -> VmImage:
     """Install and build whatever is missing; raise VmUnavailable with the reason if that is impossible."""
     if sys.platform != "linux" or os.uname().machine != "x86_64":
         raise VmUnavailable(f"the VM test needs an x86_64 Linux host, not {sys.platform}/{os.uname().machine}")
-    ensure_host_packages()
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    vmlinuz, moddir = ensure_kernel(cache)
-    initramfs = ensure_initramfs(cache, moddir)
+    # One builder at a time: two test runs starting together must not both install or unpack.
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ensure_host_packages()
+        vmlinuz, moddir = ensure_kernel(cache)
+        initramfs = ensure_initramfs(cache, moddir)
     version = qemu_version()
     assert version is not None
     return VmImage(vmlinuz, initramfs, version, "notification_data" in device_properties("virtio-net-pci"))
