@@ -253,3 +253,30 @@ async def testcore_msix(transport) -> dict:
     await _copy(transport, src.iova, dst.iova, 256, irq=0)
     out["copy_irq"] = await transport.wait_irq(0, 20e-6)
     return out
+
+
+async def testcore_dma_errors(transport) -> dict:
+    """Completion errors through the real model: a read of unmapped memory gets an Unsupported Request
+    completion from the RootComplex; with bus mastering off the hard IP drops the request, so only the
+    completion timeout ends it.  Both must end the request with ``error``, and the engine must keep working."""
+    out: dict = {}
+    dst = transport.alloc_dma(512)
+    src = transport.alloc_dma(512)
+    status = await _copy(transport, 0x7_0000_0000, dst.iova, 300)  # nothing is mapped there
+    out["unmapped_error_bit"] = bool(status & 2)
+    src.write(0, bytes(range(256)) * 2)
+    status = await _copy(transport, src.iova, dst.iova, 512)
+    out["after_unmapped_ok"] = dst.read(0, 512) == bytes(range(256)) * 2 and not status & 2
+
+    # bus mastering off: the model drops requests (PCIe Base 7.5.1.1 Bus Master Enable)
+    await transport.ep.set_master(False)
+    dst2 = transport.alloc_dma(64)
+    t0 = transport.now()
+    status = await _copy(transport, src.iova, dst2.iova, 64, timeout_us=2000)
+    out["timeout_error_bit"] = bool(status & 2)
+    out["timeout_us"] = (transport.now() - t0) * 1e6
+    out["dst_untouched"] = dst2.read(0, 64) == bytes(64)
+    await transport.ep.set_master(True)
+    status = await _copy(transport, src.iova + 3, dst.iova + 1, 200)
+    out["after_timeout_ok"] = dst.read(1, 200) == (bytes(range(256)) * 2)[3:203] and not status & 2
+    return out

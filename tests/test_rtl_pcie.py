@@ -148,3 +148,15 @@ def test_waves_on_request() -> None:
     r = scenario("testcore_bar_access", {"count": 4}, waves=True)
     assert r["mismatches"] == []
     assert Path(r["waves"]).stat().st_size > 1000
+
+
+def test_dma_completion_errors_and_timeout() -> None:
+    """UR completion from the RootComplex and a dropped request (bus mastering off) both end the read with
+    ``error``; the timeout fires after ~65536 cycles (262 us at 250 MHz) and the engine keeps working."""
+    r = scenario("testcore_dma_errors")
+    assert r["unmapped_error_bit"] is True
+    assert r["after_unmapped_ok"] is True
+    assert r["timeout_error_bit"] is True
+    assert 200 < r["timeout_us"] < 400
+    assert r["dst_untouched"] is True
+    assert r["after_timeout_ok"] is True
