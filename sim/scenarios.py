@@ -280,3 +280,19 @@ async def testcore_dma_errors(transport) -> dict:
     status = await _copy(transport, src.iova + 3, dst.iova + 1, 200)
     out["after_timeout_ok"] = dst.read(1, 200) == (bytes(range(256)) * 2)[3:203] and not status & 2
     return out
+
+
+async def pci_cfg_probe(transport) -> dict:
+    """Read virtio common-config registers through VIRTIO_PCI_CAP_PCI_CFG and directly; they must agree."""
+    caps = await walk_capabilities(transport)
+    cfg = next(c["cap_offset"] for c in caps if c["id"] == spec.PCI_CAP_ID_VNDR and c["cfg_type"] == spec.CfgType.PCI)
+    common = device_map.COMMON_CFG_OFFSET
+    num_queues = spec.COMMON_CFG.offset_of("num_queues")
+    feature = spec.COMMON_CFG.offset_of("device_feature")
+    select = spec.COMMON_CFG.offset_of("device_feature_select")
+    out = {"num_queues_cfg": await _pci_cfg_access(transport, cfg, 0, common + num_queues, 2),
+           "num_queues_bar": await transport.bar_read(0, common + num_queues, 2)}
+    await _pci_cfg_access(transport, cfg, 0, common + select, 4, 1)  # select the high feature word via config
+    out["feature_hi_bar"] = await transport.bar_read(0, common + feature, 4)
+    out["feature_hi_cfg"] = await _pci_cfg_access(transport, cfg, 0, common + feature, 4)
+    return out

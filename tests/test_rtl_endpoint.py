@@ -32,6 +32,13 @@ def test_virtio_capabilities_from_the_gateware() -> None:
         assert (got["bar"], got["bar_offset"], got["length"]) == (cap.bar, cap.offset, cap.length)
 
 
+def test_pci_cfg_window_reaches_common_config() -> None:
+    """virtio spec 4.1.4.9: the config-space window reads and writes the same registers as BAR0."""
+    r = _run("sim.scenarios:pci_cfg_probe", {})
+    assert r["num_queues_cfg"] == r["num_queues_bar"] == device_map.NUM_QUEUES
+    assert r["feature_hi_cfg"] == r["feature_hi_bar"] == device_map.DEVICE_FEATURES >> 32
+
+
 def test_demo_loopback_every_frame_back() -> None:
     r = _run("host.demo:run_demo", {"frames": 24, "min_size": 60, "max_size": 1514, "seed": 3})
     assert r["errors"] == 0, r.get("error_messages")
