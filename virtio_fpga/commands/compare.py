@@ -69,7 +69,9 @@ def traces_in_process(scenarios: list, faults: frozenset) -> list[dict[str, Any]
 
 def rtl_available() -> bool:
     try:
-        import sim.compare  # noqa: F401
+        import cocotb_tools.runner  # noqa: F401
+
+        import sim.compare_bus  # noqa: F401
     except ImportError:
         return False
     return True
@@ -93,7 +95,7 @@ def run_comparison(devices: list[str], scenarios: list, plant: str | None) -> di
     if sim_devices:
         if not rtl_available():
             raise CliError("the simulated PCIe bus (sim/) is not available")
-        from sim.compare import run_on_bus
+        from sim.compare_bus import run_on_bus
 
         by_dev = run_on_bus(sim_devices, [sc.to_dict() for sc in scenarios], faults=[f.value for f in faults])
         for k, dev in enumerate(devices):
