@@ -40,7 +40,11 @@ def _endpoint(data_width: int) -> tuple[str, list[tuple[str, str, int]]]:
         from hdl import top
     except ImportError as exc:  # the 'hdl' extra missing, or the endpoint not written yet
         raise CliError(f"cannot import the endpoint (hdl.top): {exc}") from exc
-    return top.generate_verilog(data_width=data_width), list(top.top_ports(data_width))
+    try:
+        return top.generate_verilog(data_width=data_width), list(top.top_ports(data_width))
+    except Exception as exc:  # an elaboration error of the design is reported, not a crash of this command
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CliError(f"the endpoint does not elaborate: {type(exc).__name__}: {first}") from exc
 
 
 def collect(args: argparse.Namespace) -> dict:
