@@ -119,6 +119,8 @@ class CocotbPcieTransport:
 
     # ---- interrupts ------------------------------------------------------------------------------
     async def enable_msix(self, count: int) -> int:
+        if self._nvec:  # a driver bring-up after a reset: the vectors stay programmed, as with VFIO
+            return min(self._nvec, count)
         granted = await self.ep.alloc_irq_vectors(1, count)
         if granted <= 0:
             raise TransportError("MSI-X could not be enabled")
