@@ -115,6 +115,8 @@ def test_transport_dma_and_interrupt_details(guest: dict[str, Any]) -> None:
     assert t["dma"]["hugepages"], "the guest reserves hugepages: DMA arenas must come from them"
     assert t["msix_granted"] == 3 and t["msix_enabled_in_config"]
     assert t["status_after_vfio_reset"] == 0
+    assert t["backend"] == ("iommufd" if t["iommufd_available"] else "container")
+    assert "virtio-fpga bind" in t["unbound_open"]
 
 
 #: What the project's driver reports when QEMU leaves VIRTQ_DESC_F_WRITE out of a used descriptor (it then

@@ -28,7 +28,7 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(CHECKOUT))
 
 from host import bind as hbind  # noqa: E402
-from host.vfio import VfioTransport  # noqa: E402
+from host.vfio import VfioError, VfioTransport  # noqa: E402
 from virtio_fpga import cli, spec  # noqa: E402
 from vm.qemu_vm import MAC_A, MAC_B, MAC_LOOP  # noqa: E402
 
@@ -36,6 +36,7 @@ PCI = Path("/sys/bus/pci/devices")
 #: Scenarios traced on QEMU in the test boot: traffic, interrupt suppression, and a malformed chain.
 TRACE_SCENARIOS = ("basic", "event-idx", "malformed-chain_loop")
 results: dict[str, Any] = {}
+roles_cache: dict[str, str] = {}
 
 
 def record(name: str, ok: bool, **detail: Any) -> None:
@@ -124,6 +125,7 @@ def find_devices() -> dict[str, str]:
 def main(outdir: Path) -> int:
     t0 = time.monotonic()
     roles = find_devices()
+    roles_cache.update(roles)
     record("devices_found", {"nic_a", "nic_b", "nic_loop", "no_iommu", "shared_group"} <= roles.keys(), roles=roles)
     a, b = roles.get("nic_a", ""), roles.get("nic_b", "")
     boot_drivers = {bdf: driver_of(bdf) for bdf in (a, b) if bdf}
@@ -251,6 +253,24 @@ async def transport_checks(bdf: str) -> tuple[bool, dict[str, Any]]:
     """Config space, capability walk, common config via the BAR (mmap and pread agree), DMA, MSI-X, reset."""
     d: dict[str, Any] = {}
     problems: list[str] = []
+    # Backend selection: Debian's kernels (6.12 backports, even 7.x in sid) build without CONFIG_IOMMUFD, so
+    # "auto" must pick the container and an explicit "iommufd" must say why it cannot.
+    d["iommufd_available"] = Path("/dev/iommu").exists()
+    try:
+        VfioTransport(bdf, backend="iommufd").close_sync()
+        d["iommufd_open"] = "opened"
+    except VfioError as exc:
+        d["iommufd_open"] = str(exc)
+    if not d["iommufd_available"] and "CONFIG_IOMMUFD" not in d["iommufd_open"]:
+        problems.append(f"backend=iommufd without /dev/iommu: {d['iommufd_open']}")
+    # A device still on its kernel driver: a one-line reason naming the fix, not an ioctl errno.
+    try:
+        VfioTransport(roles_cache["nic_loop"]).close_sync()
+        d["unbound_open"] = "opened"
+    except VfioError as exc:
+        d["unbound_open"] = str(exc)
+    if "virtio-fpga bind" not in d["unbound_open"]:
+        problems.append(f"opening a device not on vfio-pci: {d['unbound_open']}")
     async with VfioTransport(bdf) as t:
         d["backend"] = t.backend
         vendor, device = await t.config_read(0, 2), await t.config_read(2, 2)
