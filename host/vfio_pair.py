@@ -139,6 +139,7 @@ async def run_pair_async(
     reverse_frames: int = 8,
     after_reset_frames: int = 8,
     backend: str = "auto",
+    use_mmap: bool = True,
 ) -> dict[str, Any]:
     """The pair scenario (module docstring); returns a JSON-able dict in the demo's vocabulary."""
     rng = random.Random(seed)
@@ -153,8 +154,8 @@ async def run_pair_async(
         result["error_messages"].append(message)
 
     try:
-        ta = VfioTransport(bdf_a, backend=backend)
-        tb = VfioTransport(bdf_b, backend=backend)
+        ta = VfioTransport(bdf_a, backend=backend, use_mmap=use_mmap)
+        tb = VfioTransport(bdf_b, backend=backend, use_mmap=use_mmap)
         a = VirtioNetDriver(ta, queue_size=queue_size)
         b = VirtioNetDriver(tb, queue_size=queue_size)
         drivers = [a, b]

@@ -38,6 +38,7 @@ CHECKS = [
     "bind_pair",
     "transport",
     "pair",
+    "pair_pread",
     "qemu_traces",
     "unbind_restores",
 ]

@@ -194,6 +194,16 @@ def main(outdir: Path) -> int:
         results["pair_report"] = report
         record(name, bool(report.get("ok")), errors=report.get("error_messages"))
 
+    @check("pair_pread")
+    def _(name: str) -> None:
+        """The same scenario with every register access a pread/pwrite of the device fd (no BAR mmap)."""
+        from host.vfio_pair import run_pair
+
+        report = run_pair(a, b, frames=8, reverse_frames=2, after_reset_frames=2, use_mmap=False)
+        stats = report.get("a", {}).get("vfio", {}).get("stats", {})
+        ok = bool(report.get("ok")) and stats.get("mmio_mmap") == 0 and stats.get("mmio_pio", 0) > 0
+        record(name, ok, errors=report.get("error_messages"), stats=stats, bytes=report.get("bytes"))
+
     # ---- `virtio-fpga demo --device vfio:BDF` on the NIC whose frames come back to it --------------------------
     @check("demo_loopback")
     def _(name: str) -> None:
