@@ -256,6 +256,18 @@ class _Runner:
             await self.t.wait_irq(RX_VECTOR, self.poll)
         await self.checkpoint()
 
+    async def await_error(self) -> None:
+        """After a malformed request: wait (bounded) for DEVICE_NEEDS_RESET and its configuration interrupt."""
+        drv = self.drv
+        if drv is None or not drv.dev.caps:
+            return
+        deadline = self.t.now() + self.settle
+        while self.t.now() <= deadline:
+            if await drv.dev.get_status() & Status.DEVICE_NEEDS_RESET:
+                await self.t.wait_irq(CONFIG_VECTOR, self.poll)  # 2.1.2: the config interrupt follows
+                return
+            await self.t.wait_irq(CONFIG_VECTOR, self.poll)
+
     async def checkpoint(self) -> None:
         drv = self.drv
         assert drv is not None
@@ -311,6 +323,7 @@ class _Runner:
                 continue
             if self.failed:
                 if name == "sync":
+                    await self.await_error()
                     await self.checkpoint()
                 continue
             drv = self.drv
@@ -380,11 +393,12 @@ async def run_scenario(
     trace = Trace(transport.name, sc.name)
     runner = _Runner(transport, sc, trace, settle, poll)
     t0 = transport.now()
+    irq_before = {v: transport.irq_count(v) for v in (CONFIG_VECTOR, RX_VECTOR, TX_VECTOR)}
     dma_before = _dma_stats(transport)
     await runner.run()
     dma_after = _dma_stats(transport)
     trace.stats["dma"] = {k: dma_after[k] - dma_before.get(k, 0) for k in dma_after}
-    trace.stats["interrupts"] = {str(v): transport.irq_count(v) for v in (CONFIG_VECTOR, RX_VECTOR, TX_VECTOR)}
+    trace.stats["interrupts"] = {str(v): transport.irq_count(v) - n for v, n in irq_before.items()}
     trace.stats["elapsed"] = transport.now() - t0
     return trace.to_dict()
 

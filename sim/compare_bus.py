@@ -65,13 +65,20 @@ async def run_both(
     return out
 
 
-def run_on_bus(devices: list[str], scenarios: list[dict], *, faults: list[str] | None = None) -> dict[str, Any]:
-    """One simulation, both devices: returns ``{device: [trace, ...]}`` for the requested devices."""
+def run_on_bus(
+    devices: list[str], scenarios: list[dict], *, faults: list[str] | None = None, core: str = "virtio"
+) -> dict[str, Any]:
+    """One simulation, both devices: returns ``{device: [trace, ...]}`` for the requested devices.
+
+    ``core`` picks the RTL's core; ``"test"`` (the PCIe test core) serves runs that only use the software
+    device on the bus.
+    """
     from sim.runner import run_scenario as run_in_sim
 
     result = run_in_sim(
         "sim.compare_bus:run_both",
         {"scenarios": scenarios, "devices": devices, "faults": list(faults or [])},
         peer="soft" if "soft-pcie" in devices else None,
+        core=core,
     )
     return {device: result[device] for device in devices}
