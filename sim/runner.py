@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -57,25 +58,33 @@ def icarus_time_zero_fix(text: str) -> str:
 def build(data_width: int = 256, *, core: str = "virtio", waves: bool = False,
           dma_timeout_cycles: int = 1 << 16) -> Path:
     """Generate and compile the design; returns the build directory (cached)."""
-    from cocotb_tools.runner import get_runner
-
     key = _design_key(data_width, core, waves, dma_timeout_cycles)
     build_dir = BUILD_ROOT / f"{TOPLEVEL}_{data_width}_{core}_{key}"
     source = build_dir / f"{TOPLEVEL}.v"
     stamp = build_dir / ".built"
-    if not stamp.exists():
-        from amaranth.back import verilog
-
-        from hdl.top import VirtioNetEndpoint
-
-        build_dir.mkdir(parents=True, exist_ok=True)
-        top = VirtioNetEndpoint(data_width, core=core, dma_timeout_cycles=dma_timeout_cycles)
-        source.write_text(icarus_time_zero_fix(verilog.convert(top, name=TOPLEVEL, emit_src=False)))
-        runner = get_runner("icarus")
-        runner.build(sources=[source], hdl_toplevel=TOPLEVEL, build_dir=build_dir, waves=waves,
-                     timescale=("1ns", "1ps"), always=True, log_file=build_dir / "build.log")
-        stamp.write_text("ok\n")
+    if stamp.exists():
+        return build_dir
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with open(build_dir / ".lock", "w") as lock:  # two processes building the same design: one builds
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not stamp.exists():
+            _build_locked(build_dir, source, stamp, data_width, core, waves, dma_timeout_cycles)
     return build_dir
+
+
+def _build_locked(build_dir: Path, source: Path, stamp: Path, data_width: int, core: str, waves: bool,
+                  dma_timeout_cycles: int) -> None:
+    from amaranth.back import verilog
+    from cocotb_tools.runner import get_runner
+
+    from hdl.top import VirtioNetEndpoint
+
+    top = VirtioNetEndpoint(data_width, core=core, dma_timeout_cycles=dma_timeout_cycles)
+    source.write_text(icarus_time_zero_fix(verilog.convert(top, name=TOPLEVEL, emit_src=False)))
+    runner = get_runner("icarus")
+    runner.build(sources=[source], hdl_toplevel=TOPLEVEL, build_dir=build_dir, waves=waves,
+                 timescale=("1ns", "1ps"), always=True, log_file=build_dir / "build.log")
+    stamp.write_text("ok\n")
 
 
 def run_cocotb(test_module: str, *, testcase: str | list[str] | None = None, data_width: int = 256,
