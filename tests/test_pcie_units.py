@@ -278,10 +278,15 @@ def _dma_read_case(width: int, addr: int, length: int, *, mode: str = "ok", time
         streams = []
         for desc, fbe, _lbe, _ in reversed(tlps):
             streams.append(_completions(desc, fbe, memory, base))
-        if mode == "ur":
+        if mode in ("ur", "ca"):
             d0 = tlps[0][0]
-            streams[-1] = [pack(RC_DESCRIPTOR, status=1, error_code=0b1001, byte_count=d0["_len"], tag=d0["tag"],
-                                request_completed=1).to_bytes(12, "little")]
+            status = 1 if mode == "ur" else 4
+            streams[-1] = [pack(RC_DESCRIPTOR, status=status, error_code=0b1001, byte_count=d0["_len"],
+                                tag=d0["tag"], request_completed=1).to_bytes(12, "little")]
+        if mode == "poisoned":  # data arrives, but the TLP is poisoned (EP bit): PG213 error code 0b0001
+            first = streams[-1][0]
+            word = int.from_bytes(first[:12], "little") | pack(RC_DESCRIPTOR, poisoned=1, error_code=0b0001)
+            streams[-1][0] = word.to_bytes(12, "little") + first[12:]
         # interleave the split completions of different tags (allowed: PCIe Base 2.4.1, different tags)
         queue = []
         while any(streams):
@@ -332,8 +337,9 @@ def test_dma_read_crossing_4k() -> None:
     assert all(s // 4096 == e // 4096 for s, e in zip(starts, ends, strict=True))
 
 
-def test_dma_read_completion_error_surfaces() -> None:
-    out, _, _ = _dma_read_case(256, 0x3000, 1200, mode="ur")
+@pytest.mark.parametrize("mode", ["ur", "ca", "poisoned"])
+def test_dma_read_completion_error_surfaces(mode: str) -> None:
+    out, _, _ = _dma_read_case(256, 0x3000, 1200, mode=mode)
     assert out["error"] is True
     assert len(out["data"]) == 1200  # the request still ends with all its beats
 
