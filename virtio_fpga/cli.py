@@ -13,14 +13,20 @@ import pkgutil
 import sys
 
 from virtio_fpga import commands
+from virtio_fpga.errors import CliError
+
+__all__ = ["CliError", "build_parser", "main"]
 
 
-class CliError(Exception):
-    """A user mistake or an unmet precondition: printed as one line, exit status 2."""
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is reported in one line (no usage dump), exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="virtio-fpga",
         description="A virtio-net PCIe device in Amaranth gateware, its host driver and its software twin.",
     )
