@@ -29,8 +29,11 @@ $(SYSDEPS):
 
 deps: $(STAMP) $(SYSDEPS)
 
+# The main job: build the gateware, enumerate it on a simulated PCIe bus, run checked loopback traffic through
+# it with the host driver, then compare it event by event with the software reference device on the same bus.
 demo: deps
-	$(VENV)/bin/virtio-fpga demo
+	$(VENV)/bin/virtio-fpga demo --device rtl
+	$(VENV)/bin/virtio-fpga compare --report results/compare.html
 
 test: deps
 	$(VENV)/bin/ruff check .
