@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from virtio_fpga.cli import CliError
+from virtio_fpga.errors import CliError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
