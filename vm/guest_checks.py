@@ -381,6 +381,14 @@ async def transport_checks(bdf: str) -> tuple[bool, dict[str, Any]]:
         d["spurious_irq"] = fired
         t.disable_msix()
         d["info"] = t.info()
+    # Without hugepages (or with none free) DMA memory is page-aligned anonymous memory, mapped the same way.
+    async with VfioTransport(bdf, hugepages=False) as t:
+        buf = t.alloc_dma(3000)
+        buf.write(0, b"\x5a" * 3000)
+        d["anon_dma"] = {**t.dma_summary(), "iova": f"{buf.iova:#x}", "maps": t.stats["dma_maps"]}
+        if d["anon_dma"]["hugepages"] or d["anon_dma"]["maps"] != 1 or buf.read(2999, 1) != b"\x5a":
+            problems.append(f"anonymous DMA memory {d['anon_dma']}")
+        t.free_dma(buf)
     d["problems"] = problems
     return not problems, d
 
