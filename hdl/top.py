@@ -29,7 +29,7 @@ from hdl.pcie.completer import BarCompleter
 from hdl.pcie.dma import DmaEngine
 from hdl.pcie.msix import MsixBlock
 from hdl.pcie.regmux import RegisterArbiter, RegisterDecoder, connect_register_bus
-from hdl.pcie.tlp import CC_TUSER_WIDTH, CQ_TUSER_WIDTH, RC_TUSER_WIDTH, RQ_TUSER_WIDTH, check_data_width
+from hdl.pcie.tlp import check_data_width, tuser_widths
 from virtio_fpga import device_map
 
 MODULE_NAME = "virtio_net_endpoint"
@@ -55,10 +55,11 @@ def top_ports(data_width: int = 256) -> list[tuple[str, str, int]]:
             ]
         )
 
-    axis("m_axis_cq", True, data_width, kw, CQ_TUSER_WIDTH)
-    axis("s_axis_cc", False, data_width, kw, CC_TUSER_WIDTH)
-    axis("s_axis_rq", False, data_width, kw, RQ_TUSER_WIDTH)
-    axis("m_axis_rc", True, data_width, kw, RC_TUSER_WIDTH)
+    tu = tuser_widths(data_width)
+    axis("m_axis_cq", True, data_width, kw, tu["cq"])
+    axis("s_axis_cc", False, data_width, kw, tu["cc"])
+    axis("s_axis_rq", False, data_width, kw, tu["rq"])
+    axis("m_axis_rc", True, data_width, kw, tu["rc"])
     ports += [
         ("pcie_cq_np_req", "out", 2),
         ("cfg_max_payload", "in", 2),

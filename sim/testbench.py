@@ -78,9 +78,9 @@ class EndpointBench:
         self.rc.max_read_request_size = (max_read_request_size // 128 - 1).bit_length()
 
         self.dev = VirtioUspDevice(
-            # 8 GT/s x8 at 250 MHz for 256 bits; x4 for 128 bits (PG213 "Supported Configurations")
+            # 8 GT/s at 250 MHz: x4 for 128 bits, x8 for 256, x16 for 512 (PG213 "Supported Configurations")
             pcie_generation=3,
-            pcie_link_width=8 if self.data_width == 256 else 4,
+            pcie_link_width={128: 4, 256: 8, 512: 16}[self.data_width],
             user_clk_frequency=USER_CLK_MHZ * 1e6,
             alignment="dword",
             enable_client_tag=True,
@@ -170,6 +170,7 @@ class EndpointBench:
         dut = self.dut
         clk = RisingEdge(dut.user_clk)
         sop = True
+        lbo = 8 if self.data_width == 512 else 4  # last_be position in the RQ sideband (PG213)
         while True:
             await clk
             self.counters.cycles += 1
@@ -179,7 +180,7 @@ class EndpointBench:
                     dword_count = (data >> 64) & 0x7FF
                     req_type = (data >> 75) & 0xF
                     first_be = int(dut.s_axis_rq_tuser.value) & 0xF
-                    last_be = (int(dut.s_axis_rq_tuser.value) >> 4) & 0xF
+                    last_be = (int(dut.s_axis_rq_tuser.value) >> lbo) & 0xF
                     nbytes = _be_bytes(dword_count, first_be, last_be)
                     addr = (data & ((1 << 64) - 4)) + ((first_be & -first_be).bit_length() - 1 if first_be else 0)
                     c = self.counters

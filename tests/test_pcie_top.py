@@ -24,7 +24,7 @@ def verilog_ports(text: str) -> dict[str, tuple[str, int]]:
             for direction, msb, name in _DECL.findall(module)}
 
 
-@pytest.fixture(scope="module", params=[128, 256])
+@pytest.fixture(scope="module", params=[128, 256, 512])
 def generated(request) -> tuple[int, str]:
     return request.param, generate_verilog(request.param, core="test")
 
@@ -46,8 +46,9 @@ def test_port_directions_follow_the_hard_ip(generated) -> None:
         assert ports[f"{prefix}_tready"][0] == ("out" if into_dut else "in")
         assert ports[f"{prefix}_tdata"][1] == width
         assert ports[f"{prefix}_tkeep"][1] == width // 32
-    # sideband widths the cocotbext-pcie model checks (usp_model / interface: CQ 88, CC 33, RQ 62, RC 75)
-    assert [ports[f"{p}_tuser"][1] for p in ("m_axis_cq", "s_axis_cc", "s_axis_rq", "m_axis_rc")] == [88, 33, 62, 75]
+    # sideband widths the cocotbext-pcie model checks (interface.py: CQ 88/183, CC 33/81, RQ 62/137, RC 75/161)
+    want = [183, 81, 137, 161] if width == 512 else [88, 33, 62, 75]
+    assert [ports[f"{p}_tuser"][1] for p in ("m_axis_cq", "s_axis_cc", "s_axis_rq", "m_axis_rc")] == want
     assert ports["cfg_ext_read_data"] == ("out", 32) and ports["cfg_ext_read_data_valid"] == ("out", 1)
     assert ports["cfg_ext_register_number"] == ("in", 10) and ports["cfg_ext_function_number"] == ("in", 8)
     assert ports["cfg_interrupt_msix_int"] == ("out", 1) and ports["cfg_interrupt_msix_sent"] == ("in", 1)
@@ -61,7 +62,7 @@ def test_port_directions_follow_the_hard_ip(generated) -> None:
 
 def test_unsupported_width_is_refused() -> None:
     with pytest.raises(ValueError):
-        top_ports(512)
+        top_ports(64)
 
 
 def test_verilog_command(tmp_path) -> None:

@@ -100,11 +100,15 @@ def test_dma_under_backpressure() -> None:
     _check_copies(r)
 
 
-def test_dma_128bit_interface() -> None:
-    """The same engine at 128 bits (Gen3 x4 at 250 MHz)."""
+@pytest.mark.parametrize("width", [128, 512])
+def test_other_interface_widths(width: int) -> None:
+    """The same blocks at 128 bits (Gen3 x4) and 512 bits (Gen3 x16), 250 MHz: BAR access, the capability
+    walk and DMA copies at awkward alignments."""
     r = scenario("testcore_dma_copy", {"cases": [[1, 3, 5], [3, 0, 64], [5, 2, 513], [2, 4094, 4100]]},
-                 data_width=128)
+                 data_width=width)
     _check_copies(r)
+    r = scenario("testcore_bar_access", {"count": 40}, data_width=width)
+    assert r["mismatches"] == []
 
 
 def test_msix_delivery_and_masking() -> None:

@@ -25,12 +25,13 @@ from amaranth.lib.wiring import In, Out
 
 from hdl.pcie.tlp import (
     CC_DESCRIPTOR,
-    CC_TUSER_WIDTH,
     CQ_DESCRIPTOR,
-    CQ_TUSER_WIDTH,
     CplStatus,
     ReqType,
+    cc_tuser,
     check_data_width,
+    last_be_offset,
+    tuser_widths,
 )
 from hdl.signatures import RegisterBus
 
@@ -61,8 +62,8 @@ class BarCompleter(wiring.Component):
         self.bar = bar
         super().__init__(
             {
-                "cq": In(axis_signature(data_width, CQ_TUSER_WIDTH)),
-                "cc": Out(axis_signature(data_width, CC_TUSER_WIDTH)),
+                "cq": In(axis_signature(data_width, tuser_widths(data_width)["cq"])),
+                "cc": Out(axis_signature(data_width, tuser_widths(data_width)["cc"])),
                 "regs": In(RegisterBus()),
                 # counters for tests and statistics
                 "ur_count": Out(16),
@@ -74,6 +75,8 @@ class BarCompleter(wiring.Component):
         m = Module()
         w = self.data_width
         n_capture = max(1, 256 // w)
+        cw = min(w, 256)  # bits captured per beat
+        lbo = last_be_offset(w)
 
         buf = Signal(256)
         beat = Signal(range(n_capture + 1))
@@ -88,7 +91,7 @@ class BarCompleter(wiring.Component):
         result = Signal(96)
         status = Signal(3)
         with_data = Signal()  # completion carries data (successful read)
-        cc_packet = Signal(256)
+        cc_packet = Signal(max(256, w))
         cc_dwords = Signal(range(8))
         cc_beat = Signal(range(n_capture + 1))
 
@@ -189,10 +192,10 @@ class BarCompleter(wiring.Component):
                     with m.If(beat < n_capture):
                         for k in range(n_capture):
                             with m.If(beat == k):
-                                m.d.sync += buf[k * w : (k + 1) * w].eq(self.cq.tdata[: min(w, 256)])
+                                m.d.sync += buf[k * cw : (k + 1) * cw].eq(self.cq.tdata[:cw])
                         m.d.sync += beat.eq(beat + 1)
                     with m.If(beat == 0):
-                        m.d.sync += [first_be.eq(self.cq.tuser[0:4]), last_be.eq(self.cq.tuser[4:8])]
+                        m.d.sync += [first_be.eq(self.cq.tuser[0:4]), last_be.eq(self.cq.tuser[lbo : lbo + 4])]
                     with m.If(self.cq.tlast):
                         m.d.sync += beat.eq(0)
                         m.next = "DECODE"
@@ -234,7 +237,7 @@ class BarCompleter(wiring.Component):
                 m.next = "ACCESS"
             with m.State("BUILD"):
                 m.d.sync += [
-                    cc_packet.eq(Cat(cc_desc.as_value(), result, Const(0, 64))),
+                    cc_packet.eq(Cat(cc_desc.as_value(), result)),
                     cc_dwords.eq(3 + Mux(with_data, dw_count, 0)),
                     cc_beat.eq(0),
                 ]
@@ -248,6 +251,8 @@ class BarCompleter(wiring.Component):
                         for j in range(dw_per_beat):
                             m.d.comb += self.cc.tkeep[j].eq(k * dw_per_beat + j < cc_dwords)
                         m.d.comb += self.cc.tlast.eq((k + 1) * dw_per_beat >= cc_dwords)
+                        eop_ptr = cc_dwords - 1 - k * dw_per_beat
+                        m.d.comb += self.cc.tuser.eq(cc_tuser(w, Const(int(k == 0), 1), self.cc.tlast, eop_ptr))
                 with m.If(self.cc.tready):
                     m.d.sync += cc_beat.eq(cc_beat + 1)
                     with m.If(self.cc.tlast):

@@ -36,12 +36,11 @@ from amaranth.lib.wiring import In, Out
 from hdl.pcie.completer import axis_signature
 from hdl.pcie.tlp import (
     RC_DESCRIPTOR,
-    RC_TUSER_WIDTH,
     RQ_DESCRIPTOR,
-    RQ_TUSER,
-    RQ_TUSER_WIDTH,
     ReqType,
     check_data_width,
+    rq_tuser,
+    tuser_widths,
 )
 from hdl.signatures import DMA_LEN_WIDTH, DmaReadPort, DmaWritePort
 
@@ -82,8 +81,8 @@ class DmaEngine(wiring.Component):
             {
                 "rd": In(DmaReadPort(data_width)),
                 "wr": In(DmaWritePort(data_width)),
-                "rq": Out(axis_signature(data_width, RQ_TUSER_WIDTH)),
-                "rc": In(axis_signature(data_width, RC_TUSER_WIDTH)),
+                "rq": Out(axis_signature(data_width, tuser_widths(data_width)["rq"])),
+                "rc": In(axis_signature(data_width, tuser_widths(data_width)["rc"])),
                 "max_payload": In(2),  # cfg_max_payload: 128 << n bytes
                 "max_read_req": In(3),  # cfg_max_read_req: 128 << n bytes
                 "requester_function": In(8),
@@ -121,7 +120,7 @@ class DmaEngine(wiring.Component):
             "tdata": Signal(w, name=f"rq_{name}_tdata"),
             "tkeep": Signal(w // 32, name=f"rq_{name}_tkeep"),
             "tlast": Signal(name=f"rq_{name}_tlast"),
-            "tuser": Signal(RQ_TUSER_WIDTH, name=f"rq_{name}_tuser"),
+            "tuser": Signal(tuser_widths(w)["rq"], name=f"rq_{name}_tuser"),
             "tvalid": Signal(name=f"rq_{name}_tvalid"),
             "tready": Signal(name=f"rq_{name}_tready"),
         }
@@ -166,9 +165,8 @@ class DmaEngine(wiring.Component):
         return wports, rports
 
     def _rq_descriptor(self, m: Module, addr, nbytes, req_type, tag, name: str):
-        """RQ descriptor + tuser for a memory request of ``nbytes`` (>= 1) at byte address ``addr``."""
+        """RQ descriptor + byte enables for a memory request of ``nbytes`` (>= 1) at byte address ``addr``."""
         desc = Signal(RQ_DESCRIPTOR, name=f"{name}_desc")
-        tuser = Signal(RQ_TUSER, name=f"{name}_tuser")
         a3 = addr[:2]
         end = Signal(16, name=f"{name}_end")  # a3 + nbytes
         m.d.comb += end.eq(a3 + nbytes)
@@ -190,10 +188,8 @@ class DmaEngine(wiring.Component):
             desc.req_type.eq(req_type),
             desc.tag.eq(tag),
             desc.requester_id.eq(self.requester_function),
-            tuser.first_be.eq(first_be),
-            tuser.last_be.eq(last_be),
         ]
-        return desc, tuser, dwords
+        return desc, (first_be, last_be), dwords
 
     # ------------------------------------------------------------------------------------------------
     def _read_side(self, m, rq, nb, dw_per_beat, ring_words, bank_depth, word_bits, nt):
@@ -266,7 +262,7 @@ class DmaEngine(wiring.Component):
                 # nothing to fetch: the request completes with an error (the interface requires len >= 1)
                 m.d.comb += [err_fifo.w_en.eq(1), err_fifo.w_data.eq(1)]
 
-        desc, tuser, _ = self._rq_descriptor(m, cur_addr, chunk, ReqType.MEM_READ, free_tag, "rdreq")
+        desc, (rd_fbe, rd_lbe), _ = self._rq_descriptor(m, cur_addr, chunk, ReqType.MEM_READ, free_tag, "rdreq")
         issue = Signal()
         m.d.comb += issue.eq(active & have_tag & space_ok & order_fifo.w_rdy)
         m.d.comb += [
@@ -274,7 +270,7 @@ class DmaEngine(wiring.Component):
             rq["tdata"].eq(desc.as_value()),
             rq["tkeep"].eq((1 << 4) - 1),
             rq["tlast"].eq(1),
-            rq["tuser"].eq(tuser.as_value()),
+            rq["tuser"].eq(rq_tuser(self.data_width, rd_fbe, rd_lbe, Const(1, 1), Const(1, 1), Const(3, 4))),
         ]
         with m.If(issue & rq["tready"]):
             m.d.sync += [
@@ -528,7 +524,7 @@ class DmaEngine(wiring.Component):
         s_addr = Signal(64)
         s_pos = Signal(PTR_WIDTH)
         s_last_tlp = Signal()
-        desc, tuser, dwords = self._rq_descriptor(m, s_addr, s_chunk, ReqType.MEM_WRITE, 0, "wrreq")
+        desc, (wr_fbe, wr_lbe), dwords = self._rq_descriptor(m, s_addr, s_chunk, ReqType.MEM_WRITE, 0, "wrreq")
         total_dw = Signal(12)
         m.d.comb += total_dw.eq(4 + dwords)
 
@@ -564,9 +560,11 @@ class DmaEngine(wiring.Component):
         m.d.comb += [
             rq["tvalid"].eq(sending),
             rq["tdata"].eq(beat_data),
-            rq["tuser"].eq(tuser.as_value()),
             rq["tlast"].eq(((s_beat + 1) * dw_per_beat) >= total_dw),
         ]
+        eop_ptr = Signal(4)
+        m.d.comb += eop_ptr.eq(total_dw - 1)  # index of the last dword within its beat (512 bits: 16 dwords)
+        m.d.comb += rq["tuser"].eq(rq_tuser(self.data_width, wr_fbe, wr_lbe, s_beat == 0, rq["tlast"], eop_ptr))
         for d in range(dw_per_beat):
             m.d.comb += rq["tkeep"][d].eq(s_beat * dw_per_beat + d < total_dw)
         with m.If(sending & rq["tready"]):

@@ -9,15 +9,17 @@ first, so that ``descriptor.field`` in the gateware is the PG213 field of the sa
 * RQ (requester request, 128 bits, PG213 "Requester Request Descriptor Format"): data at dword 4.
 * RC (requester completion, 96 bits, PG213 "Requester Completion Descriptor Format"): data at dword 3.
 
-``tuser`` sideband widths are those of the non-straddled interfaces below 512 bits (PG213 "Port
-Descriptions"): CQ 88, CC 33, RQ 62, RC 75.  The 512-bit interface uses a different sideband layout and is
-not implemented, nor is 64 bits (where a descriptor spans two beats): ``check_data_width`` refuses both.
+``tuser`` sideband widths (PG213 "Port Descriptions"): CQ 88, CC 33, RQ 62, RC 75 below 512 bits; CQ 183,
+CC 81, RQ 137, RC 161 at 512 bits, where the sideband also carries is_sop/is_eop flags and pointers (straddling
+is not used here, so only the first of each is set) and the second TLP's byte enables, which moves last_be.
+64 bits (where a descriptor spans two beats) is not implemented: ``check_data_width`` refuses it.
 """
 
 from __future__ import annotations
 
 import enum
 
+from amaranth import Cat, Const, Value
 from amaranth.lib import data
 
 #: Widths of the tuser sidebands below 512 bits (PG213 Tables "CQ/CC/RQ/RC interface port descriptions").
@@ -26,13 +28,42 @@ CC_TUSER_WIDTH = 33
 RQ_TUSER_WIDTH = 62
 RC_TUSER_WIDTH = 75
 
-SUPPORTED_DATA_WIDTHS = (128, 256)
+SUPPORTED_DATA_WIDTHS = (128, 256, 512)
 
 
 def check_data_width(data_width: int) -> None:
     """Refuse widths whose sideband layout this design does not implement (512 uses the straddle layout)."""
     if data_width not in SUPPORTED_DATA_WIDTHS:
         raise ValueError(f"data_width must be one of {SUPPORTED_DATA_WIDTHS}, not {data_width}")
+
+
+def tuser_widths(data_width: int) -> dict[str, int]:
+    """tuser width of each interface at ``data_width`` (PG213 port tables)."""
+    if data_width == 512:
+        return {"cq": 183, "cc": 81, "rq": 137, "rc": 161}
+    return {"cq": CQ_TUSER_WIDTH, "cc": CC_TUSER_WIDTH, "rq": RQ_TUSER_WIDTH, "rc": RC_TUSER_WIDTH}
+
+
+def last_be_offset(data_width: int) -> int:
+    """Bit of last_be[0] in the CQ and RQ sidebands: 4 below 512 bits, 8 at 512 (first_be is 8 bits wide there)."""
+    return 8 if data_width == 512 else 4
+
+
+def rq_tuser(data_width: int, first_be, last_be, sop, eop, eop_ptr) -> Value:
+    """RQ sideband: byte enables, and at 512 bits is_sop0/is_eop0 with the last dword's index."""
+    if data_width == 512:
+        # first_be[7:0] last_be[15:8] addr_offset[19:16] is_sop[21:20] is_sop0_ptr[23:22] is_sop1_ptr[25:24]
+        # is_eop[27:26] is_eop0_ptr[31:28] ...
+        return Cat(first_be, Const(0, 4), last_be, Const(0, 4), Const(0, 4), sop, Const(0, 1), Const(0, 4),
+                   eop, Const(0, 1), eop_ptr[:4]).as_unsigned()
+    return Cat(first_be, last_be).as_unsigned()
+
+
+def cc_tuser(data_width: int, sop, eop, eop_ptr) -> Value:
+    """CC sideband: nothing below 512 bits; at 512 is_sop[1:0], is_sop_ptr, is_eop[7:6], is_eop0_ptr[11:8]."""
+    if data_width == 512:
+        return Cat(sop, Const(0, 1), Const(0, 4), eop, Const(0, 1), eop_ptr[:4]).as_unsigned()
+    return Const(0, 1)
 
 
 class ReqType(enum.IntEnum):
