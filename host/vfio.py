@@ -401,7 +401,6 @@ class _IrqState:
     fd: int
     event: asyncio.Event
     pending: int = 0
-    count: int = 0
 
 
 # ---- the transport ----------------------------------------------------------------------------------------------
@@ -428,6 +427,7 @@ class VfioTransport:
         self._arenas: list[_Arena] = []
         self._buffers: dict[int, tuple[_Arena, int, int]] = {}  # iova -> (arena, offset, size)
         self._irqs: dict[int, _IrqState] = {}
+        self._irq_totals: dict[int, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self.stats = {"dma_maps": 0, "dma_unmaps": 0, "mmio_mmap": 0, "mmio_pio": 0, "resets": 0}
@@ -730,19 +730,36 @@ class VfioTransport:
         except BlockingIOError:
             return
         state.pending += n
-        state.count += n
+        self._irq_totals[vector] = self._irq_totals.get(vector, 0) + n
         state.event.set()
 
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Have ``loop`` drain the eventfds (and own the wake-up events) from now on."""
+        if self._loop is not None and self._loop is not loop and not self._loop.is_closed():
+            for state in self._irqs.values():
+                self._loop.remove_reader(state.fd)
+        self._loop = loop
+        for vector, state in self._irqs.items():
+            state.event = asyncio.Event()  # an Event binds to the loop that first waits on it
+            if state.pending:
+                state.event.set()
+            loop.add_reader(state.fd, self._drain, vector)
+
     async def enable_msix(self, count: int) -> int:
-        if self._irqs:
-            self.disable_msix()
+        """Idempotent: vectors already wired stay wired (a second driver bring-up, as after a reset, must not
+        lose an interrupt in flight), and counts keep accumulating so per-scenario deltas stay meaningful."""
+        loop = asyncio.get_running_loop()
+        if self._irqs and len(self._irqs) >= count:
+            if loop is not self._loop:
+                self._watch(loop)
+            return min(count, len(self._irqs))
+        self.disable_msix()
         flags, available = self.irq_info(uapi.VfioPciIrq.MSIX)
         granted = min(count, available)
         if granted <= 0:
             return 0
         if not flags & uapi.VFIO_IRQ_INFO_EVENTFD:
             raise VfioError(f"{self.name}: MSI-X does not signal through eventfds (flags {flags:#x})")
-        self._loop = asyncio.get_running_loop()
         fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(granted)]
         try:
             self._set_irqs(fds)
@@ -750,9 +767,9 @@ class VfioTransport:
             for fd in fds:
                 os.close(fd)
             raise
-        for vector, fd in enumerate(fds):
-            self._irqs[vector] = _IrqState(fd, asyncio.Event())
-            self._loop.add_reader(fd, self._drain, vector)
+        self._irqs = {vector: _IrqState(fd, asyncio.Event()) for vector, fd in enumerate(fds)}
+        self._loop = None
+        self._watch(loop)
         return granted
 
     def disable_msix(self) -> None:
@@ -784,10 +801,10 @@ class VfioTransport:
         return fired
 
     def irq_count(self, vector: int) -> int:
-        if vector not in self._irqs:
-            return 0
-        self._drain(vector)
-        return self._irqs[vector].count
+        """Interrupts of ``vector`` since the transport was opened (across re-enables)."""
+        if vector in self._irqs:
+            self._drain(vector)
+        return self._irq_totals.get(vector, 0)
 
     # ---- reset, time, teardown --------------------------------------------------------------------------------------
     def reset(self) -> None:

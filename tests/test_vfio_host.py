@@ -16,8 +16,7 @@ from host import bind
 from host.vfio import IovaAllocator, VfioError, VfioTransport, normalize_bdf, open_transport, parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
-#: The CLI as the installed ``virtio-fpga`` script runs it (``python -m virtio_fpga.cli`` would import the
-#: module twice, and CliError raised by a command would not be the class ``main`` catches).
+#: The CLI as the installed ``virtio-fpga`` script runs it.
 CLI = [sys.executable, "-c", "import sys; from virtio_fpga.cli import main; sys.exit(main())"]
 ABSENT = "0000:7f:1f.7"  # a bus number no test machine populates
 

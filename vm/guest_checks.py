@@ -379,6 +379,11 @@ async def transport_checks(bdf: str) -> tuple[bool, dict[str, Any]]:
             problems.append("MSI-X enable bit not set after VFIO_DEVICE_SET_IRQS")
         fired = await t.wait_irq(0, 0.01)
         d["spurious_irq"] = fired
+        fds_before = [state.fd for state in t._irqs.values()]
+        again = await t.enable_msix(3)
+        d["msix_reenable_idempotent"] = again == granted and [state.fd for state in t._irqs.values()] == fds_before
+        if not d["msix_reenable_idempotent"]:
+            problems.append("a second enable_msix rewired the vectors")
         t.disable_msix()
         d["info"] = t.info()
     # Without hugepages (or with none free) DMA memory is page-aligned anonymous memory, mapped the same way.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from virtio_fpga.cli import CliError
+from virtio_fpga.errors import CliError
 
 
 def _bind(args: argparse.Namespace) -> int:
