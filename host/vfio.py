@@ -14,13 +14,15 @@ Two IOMMU backends open the device:
 Register access keeps the exact width the driver asks for (virtio 4.1.3.1; the notification-data doorbell is
 one 32-bit store, 4.1.5.2): through an mmap of the BAR with a memoryview cast to the access's C type (one
 load or store of that width) where VFIO allows mapping the region, otherwise one pread/pwrite of exactly
-``size`` bytes, which vfio-pci turns into one ioread/iowrite of that width.
+``size`` bytes, which vfio-pci turns into one ioread/iowrite of that width (8-byte accesses need a kernel whose
+vfio-pci does 64-bit I/O; older ones split them, which is why the mmap path is preferred).
 
 DMA memory comes in arenas (2 MiB hugepages when the system has free ones, else page-aligned anonymous
 memory), each mapped once with VFIO_IOMMU_MAP_DMA (or IOMMU_IOAS_MAP) at an IOVA from a first-fit allocator
 over the ranges the IOMMU reports; buffers are carved out of arenas, and an arena is unmapped and released
-when its last buffer is freed.  Mapping per arena rather than per buffer keeps IOTLB invalidations (slow
-under an emulated IOMMU) and the kernel's DMA-entry limit out of the driver's way.
+when its last buffer is freed (except the last one, kept mapped for the next allocation).  Mapping per arena
+rather than per buffer keeps IOTLB invalidations (slow under an emulated IOMMU) and the kernel's DMA-entry
+limit out of the driver's way.
 
 Teardown (:meth:`VfioTransport.close`, also on any failure inside the constructor and at interpreter exit)
 disables MSI-X, clears bus mastering, unmaps every arena and closes every file descriptor, in that order, so a
