@@ -88,8 +88,13 @@ def run_on_device(device: str, kwargs: dict[str, Any], *, waves: bool = False) -
             raise CliError(f"VFIO support is not available: {exc}") from None
         from host.demo import run_demo
 
+        from host.transport import TransportError
+
         async def main_vfio() -> dict[str, Any]:
-            transport = open_transport(device)
+            try:
+                transport = open_transport(device)
+            except (TransportError, OSError, ValueError) as exc:
+                raise CliError(f"{device}: {exc}") from None
             try:
                 return await run_demo(transport, **kwargs)
             finally:
