@@ -5,8 +5,10 @@ operations.  :func:`run_scenario` performs them through :class:`host.net.VirtioN
 driver can observe, and nothing that depends on timing:
 
 * ``status`` at each checkpoint, ``negotiated`` features;
-* ``used``: every completed buffer as (queue, id, len), in completion order, after IN_ORDER batches are
-  expanded (how a device groups used writes is timing, the set and order of completions is behaviour);
+* ``used``: every completed buffer as (queue, id, len), in completion order per queue, after IN_ORDER batches
+  are expanded (how a device groups used writes is timing, the set and order of completions is behaviour).
+  Between two other events, TX completions come first, then RX ones: whether a concurrent device (QEMU) had
+  completed a TX buffer when the driver looked, at a later send or at the checkpoint, is timing too;
 * ``rx``: received frame bytes (as a digest, with the length);
 * ``irq``: per checkpoint, which vectors fired since the previous checkpoint (yes/no: coalescing of several
   interrupts into one is timing);
@@ -191,6 +193,18 @@ class _Runner:
         self.seq = 0
         self.irq_seen = {v: transport.irq_count(v) for v in (CONFIG_VECTOR, RX_VECTOR, TX_VECTOR)}
         self.failed = False
+        #: Completions harvested since the last other event, per queue (TX first when flushed; see module doc).
+        self.pending: dict[int, list[list]] = {1: [], 0: []}
+
+    def event(self, *event: Any) -> None:
+        """Record a non-completion event, after the completions harvested before it (grouped by queue)."""
+        self.flush()
+        self.trace.add(*event)
+
+    def flush(self) -> None:
+        for queue in (1, 0):
+            self.trace.events.extend(self.pending[queue])
+            self.pending[queue].clear()
 
     def mask(self) -> int:
         bits = [spec.feature_from_name(n) for n in self.sc.disable]
@@ -206,16 +220,19 @@ class _Runner:
             rx_chain=self.sc.rx_chain,
             tx_chain=self.sc.tx_chain,
         )
+        # The driver reclaims TX buffers itself before each send; a device that completes while the scenario is
+        # still sending (QEMU runs concurrently) would have those completions vanish from the trace.
+        self.drv.reclaim_tx = self.reclaim_tx  # type: ignore[method-assign]
         self.expected_rx = 0
         self.failed = False
         try:
             await self.drv.start()
         except VirtioError as exc:
-            self.trace.add("error", type(exc).__name__, str(exc).split(" for driver features")[0])
+            self.event("error", type(exc).__name__, str(exc).split(" for driver features")[0])
             self.failed = True
             return
-        self.trace.add("negotiated", feature_names(self.drv.negotiated))
-        self.trace.add("config", self.drv.mac.hex(), self.drv.mtu, self.drv.link_up)
+        self.event("negotiated", feature_names(self.drv.negotiated))
+        self.event("config", self.drv.mac.hex(), self.drv.mtu, self.drv.link_up)
 
     def record_used(self, queue: int, vq: PackedVirtqueue) -> list:
         """Harvest a queue directly (not through the driver's helpers) so each completion is recorded."""
@@ -224,9 +241,20 @@ class _Runner:
             for used in vq.get_used():
                 out.append(used)
         except VirtqueueBroken as exc:
-            self.trace.add("error", "VirtqueueBroken", str(exc))
+            self.event("error", "VirtqueueBroken", str(exc))
             self.failed = True
         return out
+
+    def reclaim_tx(self) -> int:
+        """The driver's TX reclaim, with each completion recorded (stands in for ``VirtioNetDriver.reclaim_tx``)."""
+        drv = self.drv
+        assert drv is not None and drv.txq is not None
+        done = self.record_used(1, drv.txq)
+        for used in done:
+            drv._tx_buffers.remove(used.token)
+            drv._tx_free.append(used.token)
+            self.pending[1].append(["used", 1, used.id, used.length])
+        return len(done)
 
     async def sync(self) -> None:
         """Wait until every outstanding TX buffer is used and every expected frame arrived, then checkpoint."""
@@ -234,18 +262,14 @@ class _Runner:
         assert drv is not None and drv.txq is not None and drv.rxq is not None
         deadline = self.t.now() + self.settle
         while not self.failed:
-            for used in self.record_used(1, drv.txq):
-                drv._tx_buffers.remove(used.token)
-                drv._tx_free.append(used.token)
-                self.trace.add("used", 1, used.id, used.length)
+            self.reclaim_tx()
             for used in self.record_used(0, drv.rxq):
                 buf = used.token
                 frame = buf.read(spec.NET_HDR.size, max(used.length - spec.NET_HDR.size, 0))
                 drv._rx_buffers.pop(buf.iova, None)
                 self.t.free_dma(buf)
                 self.expected_rx -= 1
-                self.trace.add("used", 0, used.id, used.length)
-                self.trace.add("rx", len(frame), hashlib.sha256(frame).hexdigest()[:16])
+                self.pending[0] += [["used", 0, used.id, used.length], ["rx", len(frame), digest(frame)]]
             if drv.rxq.num_free >= drv.rx_chain:
                 drv._refill_rx()
                 await drv.rxq.kick()
@@ -278,7 +302,7 @@ class _Runner:
             if count != self.irq_seen[vector]:
                 fired.append(vector)
             self.irq_seen[vector] = count
-        self.trace.add("checkpoint", status_names(status), fired)
+        self.event("checkpoint", status_names(status), fired)
         if status & Status.DEVICE_NEEDS_RESET:
             self.failed = True
 
@@ -335,7 +359,7 @@ class _Runner:
                 try:
                     await drv.send(frame, kick=bool(kick))
                 except VirtqueueFull:
-                    self.trace.add("error", "VirtqueueFull", "scenario sent more than the ring holds")
+                    self.event("error", "VirtqueueFull", "scenario sent more than the ring holds")
                     continue
                 self.expected_rx += 1
             elif name == "kick":
@@ -358,15 +382,20 @@ class _Runner:
                 try:
                     dropped = await drv.reset_queue(vq)
                 except VirtioError as exc:
-                    self.trace.add("error", type(exc).__name__, str(exc))
+                    self.event("error", type(exc).__name__, str(exc))
                     continue
-                self.trace.add("queue_reset", op[1], dropped)
+                self.event("queue_reset", op[1], dropped)
             elif name == "malformed":
                 await self.malformed(op[1])
             else:
                 raise ValueError(f"unknown scenario op {op!r}")
+        self.flush()
         if self.drv is not None:
             await self.drv.stop()
+
+
+def digest(frame: bytes) -> str:
+    return hashlib.sha256(frame).hexdigest()[:16]
 
 
 def _dma_stats(transport: Transport) -> dict[str, int]:
