@@ -39,7 +39,7 @@ CHECKS = [
     "transport",
     "pair",
     "pair_pread",
-    "qemu_traces",
+    "compare_qemu",
     "unbind_restores",
 ]
 
@@ -120,19 +120,82 @@ def test_transport_dma_and_interrupt_details(guest: dict[str, Any]) -> None:
     assert "virtio-fpga bind" in t["unbound_open"]
 
 
-#: What the project's driver reports when QEMU leaves VIRTQ_DESC_F_WRITE out of a used descriptor (it then
-#: reads the used length as reserved, i.e. 0; see host.vfio_pair.UsedWriteFlagQuirk).
-
-
 def test_demo_command_over_vfio(guest: dict[str, Any]) -> None:
-    """``virtio-fpga demo --device vfio:BDF --json`` on QEMU's NIC whose netdev loops frames back.
-
-    Known and expected to fail in exactly one way until the driver tolerates QEMU's used descriptors without
-    VIRTQ_DESC_F_WRITE; any other outcome (including passing) is reported as it is.
-    """
+    """``virtio-fpga demo --device vfio:BDF --json`` on QEMU's NIC whose netdev loops frames back."""
     entry = guest["demo_loopback"]
     report = entry.get("report") or {}
     assert report, f"demo printed no JSON: {json.dumps(entry, default=str)[:3000]}"
     assert report["device"].startswith("vfio:") and report["frames_sent"] > 0
     assert entry["unbind"] == 0, entry.get("unbind_stderr")
     assert entry["ok"], json.dumps(entry, indent=1, default=str)[:6000]
+
+
+# ---- QEMU as a third device in `virtio-fpga compare` (vm/guest_checks.py COMPARE_SCENARIOS) ----------------------
+def compare_report(guest: dict[str, Any]) -> dict[str, Any]:
+    report = guest.get("compare_report") or {}
+    assert report, f"compare printed no JSON: {json.dumps(guest.get('compare_qemu'), default=str)[:3000]}"
+    return report
+
+
+def result_of(report: dict[str, Any], scenario: str) -> dict[str, Any]:
+    by_name = {r["scenario"]: r for r in report["results"]}
+    assert scenario in by_name, f"{scenario} was not compared: {sorted(by_name)}, skipped {report.get('skipped')}"
+    return by_name[scenario]
+
+
+def test_compare_soft_qemu_meaningful_scenarios_match(guest: dict[str, Any], image: qemu_vm.VmImage) -> None:
+    """Traffic (jumbo frames included) and a chain longer than the ring: QEMU and the software device agree.
+
+    Fair at the source: QEMU's NIC carries the project's MAC and MTU, and every feature it does not offer is
+    disabled on both devices, so the traces are compared whole (negotiated features, config, used ids and
+    lengths, frame digests, DEVICE_NEEDS_RESET and interrupts per checkpoint).
+    """
+    report = compare_report(guest)
+    assert report["devices"] == ["soft", "qemu"]
+    expected_disabled = ["IN_ORDER", "ORDER_PLATFORM"] + ([] if image.notification_data else ["NOTIFICATION_DATA"])
+    assert report["qemu"]["disabled"] == expected_disabled, report["qemu"]
+    for name in ("basic", "sizes", "malformed-chain_loop"):
+        r = result_of(report, name)
+        assert r["match"], json.dumps(r.get("first_difference"), indent=1)[:4000]
+        assert r["events"][0] == r["events"][1] > 10
+    sizes = result_of(report, "sizes")
+    assert sizes["stats"]["qemu"]["interrupts"]["1"] > 0, "the jumbo frames came back on RX with interrupts"
+    assert guest["compare_qemu"]["code"] == 1, "mismatches exist (below): compare must exit 1"
+
+
+def test_compare_soft_qemu_bad_address_is_a_finding(guest: dict[str, Any]) -> None:
+    """A descriptor with an IOVA the IOMMU does not map: the software device flags DEVICE_NEEDS_RESET and sends
+    the configuration interrupt; QEMU reports nothing (the guest sees a DMAR fault) and completes the buffer.
+    The comparison must show it at the checkpoint right after the malformed request, not hide it."""
+    r = result_of(compare_report(guest), "malformed-bad_addr")
+    assert not r["match"]
+    diff = r["first_difference"]
+    soft, qemu = diff["soft"], diff["qemu"]
+    assert soft[0] == qemu[0] == "checkpoint", diff
+    assert "DEVICE_NEEDS_RESET" in soft[1] and soft[2] == [0], diff
+    assert "DEVICE_NEEDS_RESET" not in qemu[1] and 0 not in qemu[2], diff
+    before = diff["context"]["soft"][: diff["index"] - diff["context_start"]]
+    assert before[-1][0] == "checkpoint" and before == diff["context"]["qemu"][: len(before)], "same up to there"
+
+
+def test_compare_soft_qemu_event_idx_first_notification(guest: dict[str, Any]) -> None:
+    """EVENT_IDX on the TX queue asking for an interrupt at the third completion: QEMU also interrupts at the
+    first completion after the queue is set up (virtio_packed_should_notify: ``!signalled_used_valid``), the
+    software device does not.  A real, documented difference in interrupts per checkpoint."""
+    r = result_of(compare_report(guest), "event-idx")
+    assert not r["match"]
+    diff = r["first_difference"]
+    assert diff["soft"][0] == diff["qemu"][0] == "checkpoint", diff
+    assert diff["soft"][2] == [] and diff["qemu"][2] == [2], diff
+    first_checkpoint = next(i for i, e in enumerate(diff["context"]["soft"]) if e[0] == "checkpoint")
+    assert diff["index"] == diff["context_start"] + first_checkpoint, "at the first checkpoint, nothing before"
+
+
+def test_compare_soft_qemu_skips_with_reasons(guest: dict[str, Any]) -> None:
+    report = compare_report(guest)
+    skipped = {s["scenario"]: s["reason"] for s in report["skipped"]}
+    assert set(skipped) == {"refuse-split-ring"}, skipped
+    assert "split rings" in skipped["refuse-split-ring"]
+    assert report["scenarios"] == 5 and report["matched"] == 3 and report["mismatched"] == 2, {
+        r["scenario"]: r["match"] for r in report["results"]
+    }

@@ -37,6 +37,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+CHECKOUT = Path(__file__).resolve().parent.parent
+if str(CHECKOUT) not in sys.path:
+    sys.path.insert(0, str(CHECKOUT))
+
+from virtio_fpga.device_map import DEFAULT_MAC, DEFAULT_MTU  # noqa: E402
+
 QEMU = "qemu-system-x86_64"
 #: QEMU releases older than this are replaced by the backports package (7.2 crashes in the paths we use).
 MIN_QEMU = (9, 0)
@@ -372,7 +378,12 @@ class VmResult:
 #: MAC addresses of the two NICs (locally administered), so the guest can tell A from B.
 MAC_A = "52:54:00:fa:00:0a"
 MAC_B = "52:54:00:fa:00:0b"
-MAC_LOOP = "52:54:00:fa:00:0c"
+#: The loopback NIC, QEMU's device in ``virtio-fpga compare``, carries this project's MAC (device_map.DEFAULT_MAC):
+#: the MAC is provisioning, and the frames the scenarios send contain it, so it must match at the source.
+MAC_LOOP = ":".join(f"{b:02x}" for b in DEFAULT_MAC)
+#: ... and its MTU (``host_mtu``, which also makes QEMU offer VIRTIO_NET_F_MTU), so the driver sizes buffers and
+#: accepts frames exactly as with the project's device (jumbo frames included).
+MTU_LOOP = DEFAULT_MTU
 
 
 def qemu_command(image: VmImage, outdir: Path) -> list[str]:
@@ -414,7 +425,7 @@ def qemu_command(image: VmImage, outdir: Path) -> list[str]:
         "-netdev", f"dgram,id=loop,local.type=unix,local.path={outdir / 'loop.sock'},"
         f"remote.type=unix,remote.path={outdir / 'loop.sock'}",
         "-device", "pcie-root-port,id=rpe,chassis=5,slot=5,bus=pcie.0,addr=0x14",
-        "-device", f"virtio-net-pci,netdev=loop,mac={MAC_LOOP},bus=rpe,{net_opts}",
+        "-device", f"virtio-net-pci,netdev=loop,mac={MAC_LOOP},host_mtu={MTU_LOOP},bus=rpe,{net_opts}",
         # a two-function device behind one root port: both functions share an IOMMU group ("not viable")
         "-device", "pcie-root-port,id=rpc,chassis=3,slot=3,bus=pcie.0,addr=0x12",
         "-device", "virtio-rng-pci,disable-legacy=on,bus=rpc,addr=0x0.0,multifunction=on",

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import html
 import json
 from pathlib import Path
 from typing import Any
 
 from virtio_fpga.cli import CliError
 
-DEVICES = ("rtl", "soft-pcie", "soft")
+DEVICES = ("rtl", "soft-pcie", "soft", "qemu")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--devices",
         default=None,
-        help="REF,OTHER from rtl, soft-pcie (software device on the simulated PCIe bus), soft (in-process); "
+        help="REF,OTHER from rtl, soft-pcie (software device on the simulated PCIe bus), soft (in-process), "
+        "qemu (QEMU's virtio-net-pci over VFIO in a QEMU guest, one VM boot); "
         "default rtl,soft-pcie when the RTL simulation is available, else soft,soft",
     )
     p.add_argument("--scenario", action="append", default=[], help="a named scenario (repeatable); default: all")
@@ -88,10 +90,18 @@ def run_comparison(devices: list[str], scenarios: list, plant: str | None) -> di
     for dev in devices:
         if dev not in DEVICES:
             raise CliError(f"unknown device {dev!r}: choose from {', '.join(DEVICES)}")
-    if faults and devices[1] == "rtl":
+    if faults and devices[1] in ("rtl", "qemu"):
         raise CliError("faults are planted in the software device: put soft or soft-pcie second")
     traces: list[list[dict[str, Any]]] = [[], []]
-    sim_devices = [d for d in devices if d != "soft"]
+    qemu: dict[str, Any] | None = None
+    if "qemu" in devices:
+        # QEMU first: what its device offers decides the scenarios every device runs (see vm/qemu_traces.py).
+        scenarios, qemu = run_qemu(scenarios)
+        for k, dev in enumerate(devices):
+            if dev == "qemu":
+                # qemu,qemu: a second boot for the second column (QEMU against itself: is it deterministic?)
+                traces[k] = qemu["traces"] if k == devices.index("qemu") else run_qemu(scenarios)[1]["traces"]
+    sim_devices = [d for d in devices if d not in ("soft", "qemu")]
     if sim_devices:
         if not rtl_available():
             raise CliError("the simulated PCIe bus (sim/) is not available")
@@ -107,7 +117,59 @@ def run_comparison(devices: list[str], scenarios: list, plant: str | None) -> di
     if faults:
         for trace in traces[1]:
             trace["device"] += "*"  # marks the device with the planted bug
-    return compare_runs(traces[0], traces[1])
+    report = compare_runs(traces[0], traces[1])
+    if qemu is not None:
+        report["devices"] = report["devices"] or list(devices)
+        report["skipped"] = qemu["skipped"]
+        report["qemu"] = {k: v for k, v in qemu.items() if k not in ("traces", "scenarios", "skipped")}
+    return report
+
+
+def run_qemu(scenarios: list) -> tuple[list, dict[str, Any]]:
+    """Trace the scenarios meaningful for QEMU's virtio-net; returns (the adapted scenarios, QEMU's results).
+
+    Why QEMU decides the scenarios: every driver-supported feature QEMU does not offer is disabled in each
+    scenario (``vm.qemu_traces.adapt``), so the other device runs exactly what QEMU ran and both negotiate the
+    same features; nothing is removed from the traces afterwards.  Scenarios that say nothing about QEMU are
+    returned in ``skipped`` with the reason.  One VM boot for all of them (none when all are skipped).
+    """
+    from host.scenario import Scenario
+
+    try:
+        from vm import qemu_traces as qt
+        from vm.qemu_vm import VmUnavailable
+    except ImportError as exc:
+        raise CliError(f"the vm package is not importable ({exc}); reinstall the checkout (make deps)") from None
+    skipped, runnable = [], []
+    for sc in scenarios:
+        reason = qt.not_meaningful(sc.to_dict())
+        if reason:
+            skipped.append({"scenario": sc.name, "reason": reason})
+        else:
+            runnable.append(sc.to_dict())
+    result: dict[str, Any] = {"traces": [], "scenarios": [], "disabled": [], "device_features": None}
+    if runnable:
+        try:
+            result = qt.trace_qemu(runnable)
+        except VmUnavailable as exc:
+            raise CliError(f"QEMU cannot run here: {exc}") from None
+        except (RuntimeError, OSError, LookupError) as exc:
+            raise CliError(f"qemu: {' '.join(str(exc).split())}") from None
+    result["skipped"] = skipped
+    return [Scenario.from_dict(d) for d in result["scenarios"]], result
+
+
+def _qemu_notes(report: dict[str, Any]) -> list[str]:
+    """Lines for the human-readable reports: what was disabled to match QEMU, and what was skipped and why."""
+    if "qemu" not in report:
+        return []
+    lines = []
+    disabled = report["qemu"].get("disabled") or []
+    if disabled:
+        lines.append(f"  (features QEMU does not offer, disabled on both devices: {', '.join(disabled)})")
+    for s in report.get("skipped", []):
+        lines.append(f"  skipped   {s['scenario']}: {s['reason']}")
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
@@ -127,14 +189,23 @@ def run(args: argparse.Namespace) -> int:
         devices = ["rtl", "soft-pcie"] if rtl_available() else ["soft", "soft"]
     scenarios = select_scenarios(args.scenario, args.seed, args.count)
     report = run_comparison(devices, scenarios, args.plant)
+    notes = _qemu_notes(report)
     if args.report:
-        text = render_html(report) if args.report.suffix in (".html", ".htm") else render_markdown(report)
+        if args.report.suffix in (".html", ".htm"):
+            text = render_html(report)
+            if notes:
+                extra = "".join(f"<li>{html.escape(line.strip())}</li>" for line in notes)
+                text = text.replace("</body>", f"<h2>QEMU</h2><ul>{extra}</ul></body>")
+        else:
+            text = render_markdown(report)
+            if notes:
+                text += "\n## QEMU\n\n" + "".join(f"- {line.strip()}\n" for line in notes)
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(text)
     if args.json:
         print(json.dumps(report, sort_keys=True))
     else:
-        print(render_text(report))
+        print("\n".join([render_text(report), *notes]))
         if args.report:
             print(f"report written to {args.report}")
     return 0 if report["mismatched"] == 0 else 1
