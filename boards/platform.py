@@ -18,11 +18,12 @@ from amaranth.vendor import XilinxPlatform
 
 @dataclass(frozen=True)
 class PcieLink:
-    """The PCIe link a board offers and the one this design builds for it.
+    """The PCIe link a board offers and the one this design builds for it by default.
 
-    ``edge_lanes``/``max_gen`` describe the connector; ``lanes``/``gen`` what the IP is configured for.
-    The endpoint's 256-bit, 250 MHz interface carries Gen3 x8 (8 GT/s x 8 lanes = 63 Gb/s after 128b/130b)
-    at full rate, which is why the boards use x8 even on x16 edges: a x8 link trains in any x16 slot.
+    ``edge_lanes``/``max_gen`` describe the connector; ``lanes``/``gen`` what the IP is configured for with
+    the default 256-bit interface.  That interface at 250 MHz carries Gen3 x8 (8 GT/s x 8 lanes = 63 Gb/s
+    after 128b/130b) at full rate, which is why the boards use x8 even on x16 edges: a x8 link trains in any
+    x16 slot.  ``boards.vivado.link_for`` sizes the link for other widths (512 bits -> x16).
     """
 
     edge_lanes: int

@@ -43,6 +43,7 @@ class VCU118Platform(PcieBoardPlatform):
         Resource(
             "pcie", 0,
             Subsignal("refclk", DiffPairs("AC9", "AC8", dir="i")),  # MGTREFCLK0_227: the x8 reference clock
+            Subsignal("refclk_x16", DiffPairs("AL9", "AL8", dir="i")),  # MGTREFCLK0_225: the x16 reference clock
             Subsignal("perst_n", PinsN("AM17", dir="i"), Attrs(IOSTANDARD="LVCMOS18", PULLUP="TRUE")),
         ),
         *[

@@ -24,12 +24,12 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from amaranth.build import DiffPairs, Pins
 
-from boards.platform import PcieBoardPlatform
+from boards.platform import PcieBoardPlatform, PcieLink
 from virtio_fpga import device_map
 
 Port = tuple[str, str, int]
@@ -37,6 +37,24 @@ Port = tuple[str, str, int]
 TOP = "virtio_fpga_top"
 ENDPOINT = "virtio_net_endpoint"
 IP_INSTANCE = "pcie_ip"
+
+
+#: User-interface widths the wrapper implements; the link is sized to carry each at 250 MHz (Gen3: 32 bits per
+#: lane per 250 MHz cycle), so 128 -> x4, 256 -> x8, 512 -> x16.
+SUPPORTED_WIDTHS = (128, 256, 512)
+
+
+def link_for(board: PcieBoardPlatform, data_width: int) -> PcieLink:
+    """The board's link, with the lane count that matches ``data_width`` (capped by the edge connector)."""
+    if data_width not in SUPPORTED_WIDTHS:
+        raise ValueError(f"data width {data_width}: the wrapper implements {SUPPORTED_WIDTHS}")
+    return replace(board.pcie, lanes=min(board.pcie.edge_lanes, data_width // 32))
+
+
+def refclk_subsignal(board: PcieBoardPlatform, lanes: int) -> str:
+    """Which reference clock the link uses: a board may route a different one to the middle of a x16 link."""
+    names = {s.name for s in board.lookup("pcie", 0).ios}
+    return "refclk_x16" if lanes == 16 and "refclk_x16" in names else "refclk"
 
 
 def ip_module_name(board: PcieBoardPlatform) -> str:
@@ -53,21 +71,23 @@ def ip_module_name(board: PcieBoardPlatform) -> str:
 
 def ip_ports(data_width: int) -> dict[str, tuple[str, int]]:
     """{port name: (direction seen from the IP, width)} of the pcie4(c)_uscale_plus user interface."""
-    if data_width not in (64, 128, 256):
-        raise ValueError("the wrapper implements the non-straddled 64/128/256-bit interfaces")
+    if data_width not in SUPPORTED_WIDTHS:
+        raise ValueError(f"data width {data_width}: the wrapper implements {SUPPORTED_WIDTHS}")
     kw = data_width // 32
+    # tuser widths: CQ/CC/RQ/RC below 512 bits, and at 512 bits where they carry is_sop/is_eop (PG213)
+    tu = {"cq": 183, "cc": 81, "rq": 137, "rc": 161} if data_width == 512 else {"cq": 88, "cc": 33, "rq": 62, "rc": 75}
     p: dict[str, tuple[str, int]] = {
         "user_clk": ("o", 1), "user_reset": ("o", 1), "user_lnk_up": ("o", 1), "phy_rdy_out": ("o", 1),
         # completer request (IP -> user) and completion (user -> IP)
         "m_axis_cq_tdata": ("o", data_width), "m_axis_cq_tkeep": ("o", kw), "m_axis_cq_tlast": ("o", 1),
-        "m_axis_cq_tuser": ("o", 88), "m_axis_cq_tvalid": ("o", 1), "m_axis_cq_tready": ("i", 1),
+        "m_axis_cq_tuser": ("o", tu["cq"]), "m_axis_cq_tvalid": ("o", 1), "m_axis_cq_tready": ("i", 1),
         "s_axis_cc_tdata": ("i", data_width), "s_axis_cc_tkeep": ("i", kw), "s_axis_cc_tlast": ("i", 1),
-        "s_axis_cc_tuser": ("i", 33), "s_axis_cc_tvalid": ("i", 1), "s_axis_cc_tready": ("o", 4),
+        "s_axis_cc_tuser": ("i", tu["cc"]), "s_axis_cc_tvalid": ("i", 1), "s_axis_cc_tready": ("o", 4),
         # requester request (user -> IP) and completion (IP -> user)
         "s_axis_rq_tdata": ("i", data_width), "s_axis_rq_tkeep": ("i", kw), "s_axis_rq_tlast": ("i", 1),
-        "s_axis_rq_tuser": ("i", 62), "s_axis_rq_tvalid": ("i", 1), "s_axis_rq_tready": ("o", 4),
+        "s_axis_rq_tuser": ("i", tu["rq"]), "s_axis_rq_tvalid": ("i", 1), "s_axis_rq_tready": ("o", 4),
         "m_axis_rc_tdata": ("o", data_width), "m_axis_rc_tkeep": ("o", kw), "m_axis_rc_tlast": ("o", 1),
-        "m_axis_rc_tuser": ("o", 75), "m_axis_rc_tvalid": ("o", 1), "m_axis_rc_tready": ("i", 1),
+        "m_axis_rc_tuser": ("o", tu["rc"]), "m_axis_rc_tvalid": ("o", 1), "m_axis_rc_tready": ("i", 1),
         "pcie_rq_seq_num0": ("o", 6), "pcie_rq_seq_num_vld0": ("o", 1),
         "pcie_rq_seq_num1": ("o", 6), "pcie_rq_seq_num_vld1": ("o", 1),
         "pcie_rq_tag0": ("o", 8), "pcie_rq_tag1": ("o", 8), "pcie_rq_tag_vld0": ("o", 1), "pcie_rq_tag_vld1": ("o", 1),
@@ -202,7 +222,7 @@ def ip_config(board: PcieBoardPlatform, data_width: int, windows: Iterable[tuple
     """CONFIG.* values of the PCIe IP, each derived from device_map, the board and the cfg-ext windows."""
     dm = device_map
     windows = tuple(windows)
-    link = board.pcie
+    link = link_for(board, data_width)
     scale, size = _bar_size_prop(dm.BAR_SIZE)
     bir = f"BAR_{dm.BAR + 1}:{dm.BAR}"  # a 64-bit BAR 0 occupies BAR 0 and 1: the IP names it "BAR_1:0"
     legacy = any(lo < 0x100 for lo, _ in windows)
@@ -225,6 +245,11 @@ def ip_config(board: PcieBoardPlatform, data_width: int, windows: Iterable[tuple
         "AXISTEN_IF_CQ_ALIGNMENT_MODE": "DWORD_Aligned",
         "AXISTEN_IF_RQ_ALIGNMENT_MODE": "DWORD_Aligned",
         "AXISTEN_IF_RC_STRADDLE": "false",
+        **(
+            {"AXISTEN_IF_EXT_512_RQ_STRADDLE": "false", "AXISTEN_IF_EXT_512_RC_4TLP_STRADDLE": "false"}
+            if data_width == 512
+            else {}
+        ),
         "axisten_if_enable_client_tag": "true",  # the DMA engine puts its own tags in the RQ descriptor
         "extended_tag_field": "true",
         "pf0_dev_cap_max_payload": "512_bytes",  # MPS capability; MPS/MRRS in use come from cfg_max_payload/read_req
@@ -264,10 +289,11 @@ def ip_config(board: PcieBoardPlatform, data_width: int, windows: Iterable[tuple
 
 def ip_tcl(board: PcieBoardPlatform, data_width: int, windows: Sequence[tuple[int, int]]) -> str:
     cfg = ip_config(board, data_width, windows)
+    link = link_for(board, data_width)
     win = ", ".join(f"{lo:#x}-{hi - 1:#x}" for lo, hi in windows)
     lines = [
         "# Generated by `virtio-fpga bitstream` (boards/vivado.py) from virtio_fpga/device_map.py: do not edit.",
-        f"# {board.title}: {board.part}, PCIe Gen{board.pcie.gen} x{board.pcie.lanes} on block {board.pcie.block},"
+        f"# {board.title}: {board.part}, PCIe Gen{link.gen} x{link.lanes} on block {link.block},"
         f" lane 0 in {board.pcie.gt_quad}",
         f"# virtio capabilities answered by the endpoint over cfg_ext_* in config space {win}",
         "#   (legacy_ext_pcie_cfg_space_enabled: the hard block chains its PCIe capability to 0xB0; the MSI",
@@ -303,7 +329,7 @@ def wrapper_verilog(board: PcieBoardPlatform, ports: Sequence[Port], data_width:
         raise ValueError(f"endpoint ports do not match the PCIe IP: {check}")
     ipp = ip_ports(data_width)
     ep = {n: (_norm(d), w) for n, d, w in ports}
-    lanes = board.pcie.lanes
+    lanes = link_for(board, data_width).lanes
     n_led = board.led_count()
     ties = [r for r, _ in board.tie_outputs]
     L: list[str] = [
@@ -404,7 +430,7 @@ def _pins(io: Pins | DiffPairs) -> list[tuple[str, str]]:
     return [("", p) for p in io.names]
 
 
-def xdc(board: PcieBoardPlatform) -> str:
+def xdc(board: PcieBoardPlatform, data_width: int = 256) -> str:
     """Pin locations and I/O standards of the resources the wrapper uses, straight from the board file."""
     L = [
         f"# Generated by `virtio-fpga bitstream --board {board.board_name}` from boards/"
@@ -416,7 +442,7 @@ def xdc(board: PcieBoardPlatform) -> str:
 
     pcie = board.lookup("pcie", 0)
     subs = {s.name: s for s in pcie.ios}
-    for suffix, pin in _pins(subs["refclk"].ios[0]):
+    for suffix, pin in _pins(subs[refclk_subsignal(board, link_for(board, data_width).lanes)].ios[0]):
         L.append(f"set_property PACKAGE_PIN {pin} [get_ports pcie_refclk{suffix}]")
     L.append(f"create_clock -name pcie_refclk -period {1000 / board.pcie.refclk_mhz:.3f} [get_ports pcie_refclk_p]")
     perst = subs["perst_n"]
@@ -516,7 +542,7 @@ def manifest(board: PcieBoardPlatform, data_width: int, windows: Sequence[tuple[
             "block": board.pcie.block,
             "gt_quad": board.pcie.gt_quad,
             "gen": board.pcie.gen,
-            "lanes": board.pcie.lanes,
+            "lanes": link_for(board, data_width).lanes,
             "edge_lanes": board.pcie.edge_lanes,
             "refclk_mhz": board.pcie.refclk_mhz,
             "data_width": data_width,
@@ -561,7 +587,7 @@ def write_tree(
         f"{ENDPOINT}.v": verilog,
         f"{TOP}.v": wrapper_verilog(board, ports, data_width),
         "pcie_ip.tcl": ip_tcl(board, data_width, windows),
-        f"{TOP}.xdc": xdc(board),
+        f"{TOP}.xdc": xdc(board, data_width),
         "build.tcl": build_tcl(board),
         "run.sh": RUN_SH.format(top=TOP, part=board.part),
     }
@@ -618,7 +644,7 @@ def ip_blackbox_verilog(board: PcieBoardPlatform, data_width: int) -> str:
     Yosys ``hierarchy -check`` against this and the real endpoint proves every connection in the wrapper
     names an existing port on both sides, without Vivado.
     """
-    lanes = board.pcie.lanes
+    lanes = link_for(board, data_width).lanes
     ports = [
         ("sys_clk", "input", 1), ("sys_clk_gt", "input", 1), ("sys_reset", "input", 1),
         ("pci_exp_rxp", "input", lanes), ("pci_exp_rxn", "input", lanes),

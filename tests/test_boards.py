@@ -48,7 +48,7 @@ def test_board_definition(name: str) -> None:
     assert link.lanes <= link.edge_lanes and link.gen <= link.max_gen
     assert re.fullmatch(r"X\dY\d", link.block) and re.fullmatch(r"GTY_Quad_\d{3}", link.gt_quad)
     pcie = {s.name: s for s in board.lookup("pcie", 0).ios}
-    assert set(pcie) == {"refclk", "perst_n"}
+    assert {"refclk", "perst_n"} <= set(pcie) <= {"refclk", "refclk_x16", "perst_n"}
     assert pcie["perst_n"].ios[0].invert, "PERST# is active low"
     assert board.led_count() >= 1
     assert board.ethernet is not None and board.lookup(board.ethernet.resource, 0) is not None
@@ -97,16 +97,18 @@ def _instance_ports(text: str, module: str, instance: str) -> list[str]:
     return re.findall(r"\.(\w+)\(", m.group(1))
 
 
-@pytest.fixture(scope="module")
-def endpoint() -> tuple[str, list[tuple[str, str, int]]]:
-    return _endpoint(256)
+_ENDPOINTS: dict[int, tuple[str, list[tuple[str, str, int]]]] = {}
 
 
+@pytest.mark.parametrize("width", [256, 512])
 @pytest.mark.parametrize("name", sorted(BOARDS))
-def test_vivado_tree(name: str, endpoint, tmp_path: Path) -> None:
-    verilog, ports = endpoint
+def test_vivado_tree(name: str, width: int, tmp_path: Path) -> None:
+    if width not in _ENDPOINTS:
+        _ENDPOINTS[width] = _endpoint(width)
+    verilog, ports = _ENDPOINTS[width]
     board = BOARDS[name]()
-    rc = cli_main(["bitstream", "--board", name, "-o", str(tmp_path), "--no-run"])
+    link = vivado.link_for(board, width)
+    rc = cli_main(["bitstream", "--board", name, "-o", str(tmp_path), "--no-run", "--data-width", str(width)])
     assert rc == 0
     for f in ("virtio_net_endpoint.v", "virtio_fpga_top.v", "pcie_ip.tcl", "virtio_fpga_top.xdc", "build.tcl",
               "run.sh", "manifest.json"):  # fmt: skip
@@ -131,8 +133,8 @@ def test_vivado_tree(name: str, endpoint, tmp_path: Path) -> None:
     assert cfg["PF0_MSIX_CAP_TABLE_BIR"] == cfg["PF0_MSIX_CAP_PBA_BIR"] == "BAR_1:0"
     assert int(cfg["PF0_MSIX_CAP_TABLE_OFFSET"], 16) == device_map.MSIX_TABLE_OFFSET
     assert int(cfg["PF0_MSIX_CAP_PBA_OFFSET"], 16) == device_map.MSIX_PBA_OFFSET
-    assert cfg["PL_LINK_CAP_MAX_LINK_WIDTH"] == f"X{board.pcie.lanes}"
-    assert cfg["axisten_if_width"] == "256_bit" and cfg["pcie_blk_locn"] == board.pcie.block
+    assert cfg["PL_LINK_CAP_MAX_LINK_WIDTH"] == f"X{width // 32}" == f"X{link.lanes}"
+    assert cfg["axisten_if_width"] == f"{width}_bit" and cfg["pcie_blk_locn"] == board.pcie.block
     # the configuration-extend windows the capabilities need
     from hdl.pcie import cfgext
 
@@ -152,12 +154,13 @@ def test_vivado_tree(name: str, endpoint, tmp_path: Path) -> None:
     assert sorted(_instance_ports(top_v, "virtio_net_endpoint", "endpoint")) == sorted(p[0] for p in ports)
     ip_conns = _instance_ports(top_v, vivado.ip_module_name(board), "pcie_ip")
     for n, _d, _w in ports:
-        if n in vivado.ip_ports(256):
+        if n in vivado.ip_ports(width):
             assert n in ip_conns, n
+    assert f"input  wire [{link.lanes - 1}:0] pci_exp_rxp" in top_v
     assert (tmp_path / "virtio_net_endpoint.v").read_text() == verilog
 
     # and Yosys agrees every named connection exists, on the real endpoint and on the IP's port list
-    (tmp_path / "ip_blackbox.v").write_text(vivado.ip_blackbox_verilog(board, 256))
+    (tmp_path / "ip_blackbox.v").write_text(vivado.ip_blackbox_verilog(board, width))
     script = (
         "read_verilog -lib +/xilinx/cells_xtra.v; read_verilog -lib ip_blackbox.v; "
         "read_verilog virtio_net_endpoint.v virtio_fpga_top.v; hierarchy -check -top virtio_fpga_top"
@@ -168,7 +171,7 @@ def test_vivado_tree(name: str, endpoint, tmp_path: Path) -> None:
 
     # constraints come from the board file
     x = (tmp_path / "virtio_fpga_top.xdc").read_text()
-    refclk = {s.name: s for s in board.lookup("pcie", 0).ios}["refclk"].ios[0]
+    refclk = {s.name: s for s in board.lookup("pcie", 0).ios}[vivado.refclk_subsignal(board, link.lanes)].ios[0]
     assert f"PACKAGE_PIN {refclk.p.names[0]} [get_ports pcie_refclk_p]" in x
     assert f"PACKAGE_PIN {refclk.n.names[0]} [get_ports pcie_refclk_n]" in x
     perst = {s.name: s for s in board.lookup("pcie", 0).ios}["perst_n"].ios[0].names[0]

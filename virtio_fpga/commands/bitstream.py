@@ -29,7 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--board", required=True, metavar="NAME", help="board name (known: alveo-u50, vcu118)")
     p.add_argument("-o", "--output", type=Path, default=None, help="output directory (default build/<board>)")
-    p.add_argument("--data-width", type=int, default=256, choices=(64, 128, 256), help="AXI-stream width")
+    p.add_argument(
+        "--data-width", type=int, default=256, choices=(128, 256, 512),
+        help="AXI-stream width; the link is sized to match at 250 MHz: 128 -> Gen3 x4, 256 -> x8, 512 -> x16",
+    )  # fmt: skip
     p.add_argument("--no-run", action="store_true", help="only write the tree, even if Vivado is available")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=run)

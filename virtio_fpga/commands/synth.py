@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "of the virtio-net endpoint, without the PCIe hard IP.",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    p.add_argument("--data-width", type=int, default=256, choices=(64, 128, 256, 512), help="AXI-stream width")
+    p.add_argument("--data-width", type=int, default=256, choices=(128, 256, 512), help="AXI-stream width")
     p.add_argument("-o", "--output", type=Path, default=Path("build/synth"), help="work directory (logs, netlists)")
     p.add_argument("--depth", type=int, default=2, help="hierarchy depth of the blocks reported separately")
     p.add_argument("--ecp5-device", default="LFE5UM5G-85F", help="ECP5 part for place-and-route")
