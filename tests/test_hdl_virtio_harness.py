@@ -74,6 +74,7 @@ class HostMemory:
         self.rng = random.Random(seed)
         self.log = DmaLog()
         self.faulty: list[tuple[int, int]] = []
+        self.guards: list[tuple[int, int]] = []  # offsets into mem that must keep the guard pattern
         self._next = 0
 
     # ---- allocation, like the driver's alloc_dma ----
@@ -83,6 +84,8 @@ class HostMemory:
         if start + size + guard > self.size:
             raise MemoryError("host memory model exhausted")
         self.mem[start : start + size] = bytes(size)
+        self.guards.append((start - guard, start))
+        self.guards.append((start + size, start + size + guard))
         self._next = start + size
         return IOVA_BASE + start
 
@@ -465,3 +468,177 @@ def test_driver_ring_builds_packed_descriptors() -> None:
     # The second chain's single descriptor is at index 2; the ring is now full and wraps.
     assert ring.next_avail_idx == 0 and ring.avail_wrap_counter == 0
     assert ring.notify_data == 0
+
+
+# --------------------------------------------------------------------------------------------------------
+# Traffic scenarios: a driver that keeps both rings busy, and the checks every scenario ends with.
+# --------------------------------------------------------------------------------------------------------
+
+RX_VECTOR = 1 + spec.NET_RX_QUEUE
+TX_VECTOR = 1 + spec.NET_TX_QUEUE
+CONFIG_VECTOR = 0
+HDR = spec.NET_HDR.size
+
+
+def split_lengths(total: int, pieces: int) -> list[int]:
+    """``total`` bytes cut into at most ``pieces`` non-empty parts (first parts larger)."""
+    pieces = max(1, min(pieces, total))
+    base, extra = divmod(total, pieces)
+    return [base + (1 if i < extra else 0) for i in range(pieces)]
+
+
+class Scenario:
+    """A core in a simulator with host memory, both rings and a driver loop around it."""
+
+    def __init__(
+        self,
+        *,
+        features: int = BASE_FEATURES,
+        rx_size: int = 8,
+        tx_size: int = 8,
+        rx_buf_len: int = HDR + 1518,
+        rx_pieces: int = 1,
+        tx_pieces: int = 1,
+        tx_split_header: bool = False,
+        mem_size: int = 0x20000,
+        read_latency: int = 6,
+        stall: float = 0.0,
+        loopback: bool = True,
+        msix: bool = True,
+        core: VirtioNetCore | None = None,
+    ) -> None:
+        self.core = core or VirtioNetCore()
+        self.features = features
+        self.notification_data = bool(features >> Feature.NOTIFICATION_DATA & 1)
+        self.mem = HostMemory(mem_size, read_latency=read_latency, stall=stall)
+        self.sim, _, self.irqs = make_sim(self.core, loopback=loopback, memory=self.mem, msix=msix)
+        self.regs = Registers(self.core)
+        self.rx = DriverRing(self.mem, rx_size)
+        self.tx = DriverRing(self.mem, tx_size)
+        self.rx_buf_len = rx_buf_len
+        self.rx_pieces = rx_pieces
+        self.tx_pieces = tx_pieces
+        self.tx_split_header = tx_split_header
+        slot = max(rx_buf_len, HDR + device_map.MAX_FRAME_LEN if mem_size > 0x40000 else HDR + 1518)
+        self.rx_slots = [self.mem.alloc(rx_buf_len, align=8) for _ in range(rx_size)]
+        self.tx_slots = [self.mem.alloc(slot, align=8) for _ in range(tx_size)]
+        self.allowed_writes: list[tuple[int, int]] = [
+            (self.rx.desc, self.rx.desc + 16 * rx_size),
+            (self.tx.desc, self.tx.desc + 16 * tx_size),
+            (self.rx.device_area, self.rx.device_area + 4),
+            (self.tx.device_area, self.tx.device_area + 4),
+        ]
+        self.rx_free_slots = list(range(rx_size))
+        self.rx_chain_slot: dict[int, int] = {}
+        self.tx_free_slots = list(range(tx_size))
+        self.tx_chain_slot: dict[int, int] = {}
+        self.cycles = 0
+        self.received: list[tuple[bytes, bytes]] = []  # (virtio_net_hdr, frame)
+        self.tx_completed = 0
+
+    # ---- helpers used inside testbenches ----
+    async def tick(self, ctx, n: int = 1) -> None:
+        for _ in range(n):
+            await ctx.tick()
+        self.cycles += n
+
+    async def start(self, ctx) -> int:
+        return await init_device(ctx, self.regs, self.features, {0: self.rx, 1: self.tx})
+
+    def post_rx(self) -> int:
+        posted = 0
+        while self.rx_free_slots and self.rx.free >= self.rx_pieces:
+            slot = self.rx_free_slots.pop(0)
+            base = self.rx_slots[slot]
+            bufs = []
+            off = 0
+            for n in split_lengths(self.rx_buf_len, self.rx_pieces):
+                bufs.append((base + off, n, True))
+                self.allowed_writes.append((base + off, base + off + n))
+                off += n
+            chain = self.rx.add_chain(bufs)
+            self.rx_chain_slot[chain.buffer_id] = slot
+            posted += 1
+        return posted
+
+    def post_tx(self, frame: bytes, header: bytes | None = None) -> None:
+        slot = self.tx_free_slots.pop(0)
+        base = self.tx_slots[slot]
+        data = (header if header is not None else spec.NET_HDR.pack()) + frame
+        self.mem.write(base, data)
+        bufs = []
+        off = 0
+        if self.tx_split_header:
+            bufs.append((base, HDR, False))
+            off = HDR
+        for n in split_lengths(len(data) - off, self.tx_pieces):
+            bufs.append((base + off, n, False))
+            off += n
+        chain = self.tx.add_chain(bufs)
+        self.tx_chain_slot[chain.buffer_id] = slot
+
+    def tx_descs_needed(self, frame: bytes) -> int:
+        total = HDR + len(frame) - (HDR if self.tx_split_header else 0)
+        return min(self.tx_pieces, total) + (1 if self.tx_split_header else 0)
+
+    def reap(self) -> None:
+        for chain, length in self.tx.poll_used():
+            assert length == 0, "TX used len must be 0: the device wrote nothing (2.8.4)"
+            self.tx_free_slots.append(self.tx_chain_slot.pop(chain.buffer_id))
+            self.tx_completed += 1
+        for chain, length in self.rx.poll_used():
+            total = sum(n for _, n, _ in chain.buffers)
+            assert HDR < length <= total, f"RX used len {length} outside (12, {total}]"
+            data = b""
+            for addr, n, _ in chain.buffers:
+                data += self.mem.read(addr, n)
+            self.received.append((data[:HDR], data[HDR:length]))
+            self.rx_free_slots.append(self.rx_chain_slot.pop(chain.buffer_id))
+
+    async def kick(self, ctx, q: int) -> None:
+        ring = self.rx if q == spec.NET_RX_QUEUE else self.tx
+        await kick(ctx, self.regs, q, ring, self.notification_data)
+        self.cycles += 2
+
+    async def transfer(self, ctx, frames: list[bytes], *, timeout: int = 20000, batch: int = 1) -> int:
+        """Send ``frames`` through TX, collect them from RX; returns the cycles it took."""
+        start_cycles = self.cycles
+        if self.post_rx():
+            await self.kick(ctx, spec.NET_RX_QUEUE)
+        pending = list(frames)
+        expected = len(self.received) + len(frames)
+        deadline = self.cycles + timeout
+        while len(self.received) < expected:
+            added = 0
+            while pending and self.tx_free_slots and self.tx.free >= self.tx_descs_needed(pending[0]):
+                self.post_tx(pending.pop(0))
+                added += 1
+                if added % batch == 0:
+                    await self.kick(ctx, spec.NET_TX_QUEUE)
+            if added % batch:
+                await self.kick(ctx, spec.NET_TX_QUEUE)
+            await self.tick(ctx, 8)
+            self.reap()
+            if self.post_rx():
+                await self.kick(ctx, spec.NET_RX_QUEUE)
+            status = await self.regs.status(ctx)
+            self.cycles += 3
+            assert not status & Status.DEVICE_NEEDS_RESET, "device flagged DEVICE_NEEDS_RESET"
+            assert self.cycles < deadline, f"timeout: {len(self.received)}/{expected} frames back"
+        return self.cycles - start_cycles
+
+    def check_memory(self) -> None:
+        """Every DMA write landed in a buffer the device was given; guard bytes are intact."""
+        for addr, data in self.mem.log.writes:
+            assert any(lo <= addr and addr + len(data) <= hi for lo, hi in self.allowed_writes), (
+                f"DMA write {addr:#x}+{len(data)} outside the device's buffers"
+            )
+        for start, end in self.guard_ranges():
+            assert self.mem.mem[start:end] == bytes([GUARD]) * (end - start), f"guard {start:#x} overwritten"
+
+    def guard_ranges(self):
+        """The 64-byte guard gaps HostMemory.alloc leaves before each allocation (offsets into mem)."""
+        return self.mem.guards
+
+    def run(self, testbench, vcd: str | None = None) -> None:
+        run(self.sim, testbench, vcd)

@@ -20,6 +20,7 @@ from amaranth.lib import wiring
 
 from hdl import layouts
 from hdl.signatures import VirtioCoreSignature
+from hdl.virtio.engine import build_engine
 from hdl.virtio.regs import byte_enables, field_qword, merge_bytes, size_mask
 from virtio_fpga import device_map, spec
 from virtio_fpga.spec import Feature, Status
@@ -128,6 +129,7 @@ class VirtioNetCore(wiring.Component):
         m = Module()
         queues = [QueueRegs(i) for i in range(NUM_QUEUES)]
         self._elaborate_registers(m, queues)
+        build_engine(self, m)
         return m
 
     # ------------------------------------------------------------------------------------------------------
@@ -149,7 +151,7 @@ class VirtioNetCore(wiring.Component):
         #: The driver wrote 0 to device_status; the reset completes when the engine and the DMA are idle.
         self.reset_pending = reset_pending = Signal()
         #: Comb inputs from the engine: it is idle (no chain in progress), and the ISR bits it sets now.
-        self.engine_idle = engine_idle = Signal(init=1)
+        self.engine_idle = engine_idle = Signal()
         self.isr_set = isr_set = Signal(8)
         #: Comb pulse: device reset happens this cycle (everything returns to its reset value).
         self.device_reset = device_reset = Signal()
