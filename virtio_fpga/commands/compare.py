@@ -109,7 +109,7 @@ def run_comparison(devices: list[str], scenarios: list, plant: str | None) -> di
 
         by_dev = run_on_bus(sim_devices, [sc.to_dict() for sc in scenarios], faults=[f.value for f in faults])
         for k, dev in enumerate(devices):
-            if dev != "soft":
+            if dev in sim_devices:
                 traces[k] = by_dev[dev]
     for k, dev in enumerate(devices):
         if dev == "soft":
