@@ -56,6 +56,7 @@ class LoopbackTop(Elaboratable):
 class DmaLog:
     reads: list[tuple[int, int]] = field(default_factory=list)
     writes: list[tuple[int, bytes]] = field(default_factory=list)
+    write_cycles: list[int] = field(default_factory=list)
     read_requests: int = 0
 
 
@@ -75,6 +76,7 @@ class HostMemory:
         self.log = DmaLog()
         self.faulty: list[tuple[int, int]] = []
         self.guards: list[tuple[int, int]] = []  # offsets into mem that must keep the guard pattern
+        self.now = 0  # clock cycles since the simulation started
         self._next = 0
 
     # ---- allocation, like the driver's alloc_dma ----
@@ -162,6 +164,7 @@ class HostMemory:
             data_ready = True
             cycle = 0
             while True:
+                self.now += 1
                 _, _, req_valid, req_addr, req_len, d_valid, d_data, d_keep, d_last = await ctx.tick().sample(
                     port.req_valid,
                     port.req_addr,
@@ -189,6 +192,7 @@ class HostMemory:
                         assert self.inside(addr, length), f"DMA write outside host memory: {addr:#x}+{length}"
                         self.write(addr, bytes(buf))
                         self.log.writes.append((addr, bytes(buf)))
+                        self.log.write_cycles.append(self.now)
                         done_queue.append(cycle + 2)
                         cur = None
                 if done_queue and done_queue[0] <= cycle:
@@ -535,6 +539,7 @@ class Scenario:
         self.cycles = 0
         self.received: list[tuple[bytes, bytes]] = []  # (virtio_net_hdr, frame)
         self.tx_completed = 0
+        self.kick_cycles: list[tuple[int, int]] = []
 
     # ---- helpers used inside testbenches ----
     async def tick(self, ctx, n: int = 1) -> None:
@@ -597,6 +602,7 @@ class Scenario:
 
     async def kick(self, ctx, q: int) -> None:
         ring = self.rx if q == spec.NET_RX_QUEUE else self.tx
+        self.kick_cycles.append((q, self.mem.now))
         await kick(ctx, self.regs, q, ring, self.notification_data)
         self.cycles += 2
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from test_hdl_virtio_harness import (
     BASE_FEATURES,
+    HDR,
     RX_VECTOR,
     TX_VECTOR,
     Scenario,
@@ -50,3 +52,99 @@ def test_loopback_basic() -> None:
     check_received(sc, frames)
     sc.check_memory()
     assert sc.irqs.count(RX_VECTOR) >= 1 and sc.irqs.count(TX_VECTOR) >= 1
+
+
+@pytest.mark.parametrize(
+    ("notif", "rx_size", "tx_size", "tx_split_header", "tx_pieces", "rx_pieces", "stall"),
+    [
+        # Notification data on, non-power-of-2 rings, header in its own descriptor, RX chains of 2 buffers.
+        (True, 5, 3, True, 2, 2, 0.0),
+        # Notification data off: the engine discovers descriptors by their flags; DMA back-pressure.
+        (False, 3, 5, False, 3, 1, 0.25),
+    ],
+    ids=["notif-data-5-3-chains", "flags-only-3-5-stalls"],
+)
+def test_wraparound_chains(
+    notif: bool, rx_size: int, tx_size: int, tx_split_header: bool, tx_pieces: int, rx_pieces: int, stall: float
+) -> None:
+    """More frames than ring entries (several wrap-arounds of both counters), chains on both queues."""
+    sc = Scenario(
+        features=BASE_FEATURES | (NOTIF if notif else 0),
+        rx_size=rx_size,
+        tx_size=tx_size,
+        tx_split_header=tx_split_header,
+        tx_pieces=tx_pieces,
+        rx_pieces=rx_pieces,
+        rx_buf_len=HDR + 300,
+        stall=stall,
+    )
+    frames = frames_of([1 + (37 * i) % 300 for i in range(14)], seed=rx_size)
+
+    async def tb(ctx):
+        assert (await sc.start(ctx)) & Status.DRIVER_OK
+        await sc.transfer(ctx, frames, timeout=40000, batch=2)
+
+    sc.run(tb)
+    check_received(sc, frames)
+    sc.check_memory()
+    # Both rings went round more than twice: the wrap counters flipped and flipped back.
+    assert len(frames) >= 2 * max(rx_size, tx_size) + 1
+
+
+def test_used_writeback_format() -> None:
+    """2.8.4/2.8.6: the used descriptor carries the id of the chain's last descriptor, len, AVAIL=USED=wrap;
+    the device writes id/len/flags only (addr keeps what the driver wrote)."""
+    sc = Scenario(features=BASE_FEATURES | NOTIF, tx_size=4, rx_size=4)
+    frame = frames_of([80])[0]
+
+    async def tb(ctx):
+        await sc.start(ctx)
+        sc.post_rx()
+        await sc.kick(ctx, 0)
+        base = sc.tx_slots[0]
+        data = spec.NET_HDR.pack() + frame
+        sc.mem.write(base, data)
+        ring = sc.tx
+        # A 3-descriptor chain; only the last descriptor's id counts (2.8.6), the others carry junk.
+        descs = [(base, 5, 0x7777), (base + 5, 40, 0x6666), (base + 45, len(data) - 45, 2)]
+        for i, (addr, n, buffer_id) in enumerate(descs):
+            flags = spec.DescFlag.AVAIL | (spec.DescFlag.NEXT if i < 2 else 0)
+            sc.mem.write(ring.desc + 16 * i, spec.PACKED_DESC.pack(addr=addr, len=n, id=buffer_id, flags=flags))
+        ring.next_avail_idx = 3
+        await sc.kick(ctx, 1)
+        for _ in range(120):
+            await sc.tick(ctx, 8)
+            used = spec.PACKED_DESC.unpack(sc.mem.read(ring.desc, 16))
+            rx_used = spec.PACKED_DESC.unpack(sc.mem.read(sc.rx.desc, 16))
+            if rx_used["flags"] & spec.DescFlag.USED and used["flags"] & spec.DescFlag.USED:
+                break
+        assert used == {"addr": base, "len": 0, "id": 2, "flags": spec.DescFlag.AVAIL | spec.DescFlag.USED}
+        assert rx_used["len"] == HDR + len(frame)
+        assert rx_used["addr"] == sc.rx_slots[0]
+        assert rx_used["flags"] == spec.DescFlag.AVAIL | spec.DescFlag.USED
+        rx_data = sc.mem.read(sc.rx_slots[0], HDR + len(frame))
+        assert rx_data[HDR:] == frame
+        # Nothing else in either ring was touched: descriptors 1 and 2 of the TX chain are as written.
+        assert spec.PACKED_DESC.unpack(sc.mem.read(ring.desc + 16, 16))["id"] == 0x6666
+
+    sc.run(tb)
+    sc.check_memory()
+
+
+def test_in_order_batches_used_elements() -> None:
+    """2.8.21.1: with IN_ORDER the device may write one used element for a batch of TX chains."""
+    sc = Scenario(features=BASE_FEATURES | NOTIF | IN_ORDER, tx_size=8, rx_size=8)
+    frames = frames_of([40, 41, 42, 43, 44, 45])
+
+    async def tb(ctx):
+        await sc.start(ctx)
+        await sc.transfer(ctx, frames, batch=6)
+        await sc.tick(ctx, 100)
+        sc.reap()
+        assert sc.tx_completed == len(frames)
+
+    sc.run(tb)
+    check_received(sc, frames)
+    tx_used_writes = [a for a, d in sc.mem.log.writes if sc.tx.desc <= a < sc.tx.desc + 16 * 8]
+    assert 1 <= len(tx_used_writes) < len(frames), tx_used_writes
+    sc.check_memory()

@@ -138,7 +138,6 @@ def build_engine(core, m: Module) -> None:
     rd_left = Signal(17)
     rd_error = Signal()
     req_sent = Signal()
-    data_sent = Signal()
     wr_outstanding = Signal(4)
     tx_len = Signal(range(BUFFER_BYTES + 1))
     event = Signal(layouts.EVENT_SUPPRESS)
@@ -387,24 +386,20 @@ def build_engine(core, m: Module) -> None:
                 wr.req_valid.eq(~req_sent),
                 wr.req_addr.eq(seg_addr),
                 wr.req_len.eq(seg_len),
-                wr.data_valid.eq(ext.valid),
+                # Data beats follow the accepted request (DmaWritePort: "req ..., then ... beats").
+                wr.data_valid.eq(ext.valid & req_sent),
                 wr.data.eq(ext.data),
                 wr.data_keep.eq(ext.keep),
                 wr.data_last.eq(ext.last),
-                ext.ready.eq(wr.data_ready),
+                ext.ready.eq(wr.data_ready & req_sent),
             ]
             with m.If(wr.req_valid & wr.req_ready):
                 m.d.sync += req_sent.eq(1)
-            with m.If(ext.valid & wr.data_ready & ext.last):
-                m.d.sync += data_sent.eq(1)
-            req_done = req_sent | wr.req_ready
-            data_done = data_sent | (ext.valid & wr.data_ready & ext.last)
-            with m.If(req_done & data_done):
+            with m.If(wr.data_valid & wr.data_ready & ext.last):
                 m.d.sync += [
                     byte_pos.eq(byte_pos + seg_len),
                     rx_remaining.eq(rx_remaining - seg_len),
                     req_sent.eq(0),
-                    data_sent.eq(0),
                 ]
                 m.next = "DESC_DONE"
 
@@ -464,7 +459,7 @@ def build_engine(core, m: Module) -> None:
                 wr.req_valid.eq(~req_sent),
                 wr.req_addr.eq(creg("desc") + cur("used_idx") * DESC_BYTES + 8),
                 wr.req_len.eq(8),
-                wr.data_valid.eq(~data_sent),
+                wr.data_valid.eq(req_sent),
                 wr.data.eq(used_word),
                 wr.data_keep.eq(0xFF),
                 wr.data_last.eq(1),
@@ -472,12 +467,9 @@ def build_engine(core, m: Module) -> None:
             with m.If(wr.req_valid & wr.req_ready):
                 m.d.sync += req_sent.eq(1)
             with m.If(wr.data_valid & wr.data_ready):
-                m.d.sync += data_sent.eq(1)
-            with m.If((req_sent | wr.req_ready) & (data_sent | wr.data_ready)):
                 new_idx, new_wrap = advance(cur("used_idx"), cur("used_wrap_counter"), cur("pend_count"), size)
                 m.d.sync += [
                     req_sent.eq(0),
-                    data_sent.eq(0),
                     ev_old_idx.eq(cur("used_idx")),
                     ev_old_wrap.eq(cur("used_wrap_counter")),
                     ev_new_idx.eq(new_idx),
@@ -531,7 +523,7 @@ def build_engine(core, m: Module) -> None:
                 wr.req_valid.eq(~req_sent),
                 wr.req_addr.eq(creg("device")),
                 wr.req_len.eq(spec.EVENT_SUPPRESS.size),
-                wr.data_valid.eq(~data_sent),
+                wr.data_valid.eq(req_sent),
                 wr.data.eq(spec.EVENT_SUPPRESS.to_int(flags=EventFlags.ENABLE)),
                 wr.data_keep.eq((1 << spec.EVENT_SUPPRESS.size) - 1),
                 wr.data_last.eq(1),
@@ -539,9 +531,7 @@ def build_engine(core, m: Module) -> None:
             with m.If(wr.req_valid & wr.req_ready):
                 m.d.sync += req_sent.eq(1)
             with m.If(wr.data_valid & wr.data_ready):
-                m.d.sync += data_sent.eq(1)
-            with m.If((req_sent | wr.req_ready) & (data_sent | wr.data_ready)):
-                m.d.sync += [req_sent.eq(0), data_sent.eq(0), cur("need_dev_event").eq(0)]
+                m.d.sync += [req_sent.eq(0), cur("need_dev_event").eq(0)]
                 m.next = "IDLE"
 
         with m.State("MALFORMED"):
