@@ -60,3 +60,10 @@ def test_demo_jumbo_frames_many_wraps() -> None:
     r = _run("host.demo:run_demo", {"frames": 200, "min_size": 60, "max_size": 9000, "seed": 9, "queue_size": 16})
     assert r["errors"] == 0, r.get("error_messages")
     assert r["frames_received"] == r["frames_intact"] == 200
+
+
+@pytest.mark.parametrize("width", [pytest.param(128, marks=pytest.mark.slow), 512])
+def test_demo_other_interface_widths(width: int) -> None:
+    r = _run("host.demo:run_demo", {"frames": 6, "min_size": 60, "max_size": 4000, "seed": 4}, data_width=width)
+    assert r["errors"] == 0, r.get("error_messages")
+    assert r["frames_received"] == r["frames_intact"] == 6
