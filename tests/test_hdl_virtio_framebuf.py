@@ -49,10 +49,10 @@ def test_tx_buffer_reassembles_scattered_chain(row_width: int) -> None:
             ctx.set(dut.appender.flush, 1)
             await ctx.tick()
             ctx.set(dut.appender.flush, 0)
-            ctx.set(dut.send, 1)
+            ctx.set(dut.commit, 1)
             ctx.set(dut.frame_len, len(frame))
             await ctx.tick()
-            ctx.set(dut.send, 0)
+            ctx.set(dut.commit, 0)
             got = b""
             while True:
                 ready = rng.random() < 0.7
@@ -67,7 +67,8 @@ def test_tx_buffer_reassembles_scattered_chain(row_width: int) -> None:
                     if last:
                         break
             assert got == frame
-            assert not ctx.get(dut.busy)
+            await ctx.tick()
+            assert ctx.get(dut.idle)
 
     sim = Simulator(dut)
     sim.add_clock(4e-9)

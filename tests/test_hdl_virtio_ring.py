@@ -121,7 +121,7 @@ def test_used_writeback_format() -> None:
         assert used == {"addr": base, "len": 0, "id": 2, "flags": spec.DescFlag.AVAIL | spec.DescFlag.USED}
         assert rx_used["len"] == HDR + len(frame)
         assert rx_used["addr"] == sc.rx_slots[0]
-        assert rx_used["flags"] == spec.DescFlag.AVAIL | spec.DescFlag.USED
+        assert rx_used["flags"] == spec.DescFlag.AVAIL | spec.DescFlag.USED | spec.DescFlag.WRITE
         rx_data = sc.mem.read(sc.rx_slots[0], HDR + len(frame))
         assert rx_data[HDR:] == frame
         # Nothing else in either ring was touched: descriptors 1 and 2 of the TX chain are as written.

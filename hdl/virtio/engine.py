@@ -189,10 +189,12 @@ def build_engine(core, m: Module) -> None:
     running = [q.enable & driver_ok & ~broken & ~q.reset_req & ~core.reset_pending for q in queues]
     has_work = [(s.cache_cnt != 0) | s.kick_pending | s.maybe_more for s in states]
     rx_go = running[RX_QUEUE] & rx.full & has_work[RX_QUEUE]
-    tx_go = running[TX_QUEUE] & ~tx.busy & has_work[TX_QUEUE]
-    # IN_ORDER (2.8.21.1): a TX used element may wait while more chains of the same fetch follow.
+    tx_go = running[TX_QUEUE] & tx.can_accept & has_work[TX_QUEUE]
+    # IN_ORDER (2.8.21.1): a TX used element may wait while more chains of the same fetch follow at once
+    # (never while the wire holds TX back, so completions cannot wait on a stalled eth_tx).
     batching = [
-        Const(0) if i == RX_QUEUE else (in_order & (s.cache_cnt != 0) & running[i]) for i, s in enumerate(states)
+        Const(0) if i == RX_QUEUE else (in_order & (s.cache_cnt != 0) & running[i] & tx.can_accept)
+        for i, s in enumerate(states)
     ]
     m.d.comb += rx.accept.eq(running[RX_QUEUE])
 
@@ -436,7 +438,7 @@ def build_engine(core, m: Module) -> None:
 
         with m.State("TX_SEND"):
             with m.If(tx_len != 0):  # a header-only chain carries no frame
-                m.d.comb += tx.send.eq(1)
+                m.d.comb += tx.commit.eq(1)
                 m.d.sync += stat_tx.eq(stat_tx + 1)
             m.next = "IDLE"
 
@@ -453,8 +455,10 @@ def build_engine(core, m: Module) -> None:
         with m.State("USED"):
             # Write id, len and flags of the used descriptor in one 8-byte write at offset 8 (2.8.4: the
             # flags go last or together with the rest); addr is left as the driver wrote it.
+            # 2.8.4/2.8.5: WRITE in a used descriptor says the device wrote Element Length bytes.
             wrap_flags = Mux(cur("used_wrap_counter"), DescFlag.AVAIL | DescFlag.USED, 0)
-            used_word = Cat(cur("pend_len"), cur("pend_id"), Const(0, 16) | wrap_flags)
+            write_flag = Mux(cur("pend_len") != 0, DescFlag.WRITE, 0)
+            used_word = Cat(cur("pend_len"), cur("pend_id"), Const(0, 16) | wrap_flags | write_flag)
             m.d.comb += [
                 wr.req_valid.eq(~req_sent),
                 wr.req_addr.eq(creg("desc") + cur("used_idx") * DESC_BYTES + 8),

@@ -15,7 +15,7 @@ buffer for the engine, so looping ``eth_tx`` to ``eth_rx`` can never deadlock th
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Elaboratable, Module, Mux, Signal, unsigned
+from amaranth.hdl import Array, Cat, Const, Elaboratable, Module, Mux, Signal, unsigned
 from amaranth.lib import memory
 
 from virtio_fpga import device_map, spec
@@ -26,8 +26,12 @@ BUFFER_BYTES = HDR_BYTES + device_map.MAX_FRAME_LEN
 
 
 def buffer_rows(row_bytes: int) -> int:
-    """Rows of a frame buffer: the data, plus one row the extractor reads ahead and one the appender flushes."""
+    """Rows of one bank: the data, plus one row the extractor reads ahead and one the appender flushes."""
     return (BUFFER_BYTES + row_bytes - 1) // row_bytes + 2
+
+
+#: Banks per direction: while the engine moves one frame by DMA, the other one is on the wire.
+BANKS = 2
 
 
 def low_bytes_mask(nbytes, width_bytes: int):
@@ -57,6 +61,8 @@ class ByteAppender(Elaboratable):
         self.data = Signal(in_width)
         self.nbytes = Signal(range(in_width // 8 + 1))
         self.flush = Signal()
+        #: Row offset of the bank being written (double buffering); added to every write address.
+        self.base_row = Signal(len(write_port.addr))
         self.pos = Signal(len(self.init_pos), init=reset_pos)
         self.reset_acc = reset_acc
 
@@ -72,17 +78,19 @@ class ByteAppender(Elaboratable):
         m.d.comb += rotated.eq(Cat(masked, Const(0, 2 * self.row_width - self.in_width)) << Cat(Const(0, 3), s))
         low = acc | rotated[0 : self.row_width]
         high = rotated[self.row_width :]
-        m.d.comb += self.wp.addr.eq(row)
+        m.d.comb += self.wp.addr.eq(self.base_row + row)
+        with m.If(self.valid):
+            m.d.comb += [self.wp.data.eq(low), self.wp.en.eq(1)]
+        with m.Elif(self.flush):
+            m.d.comb += [self.wp.data.eq(acc), self.wp.en.eq(1)]
+        # A restart may coincide with the flush of the previous stream (it only moves the position).
         with m.If(self.restart):
             m.d.sync += [self.pos.eq(self.init_pos), acc.eq(self.init_acc)]
         with m.Elif(self.valid):
-            m.d.comb += [self.wp.data.eq(low), self.wp.en.eq(1)]
             m.d.sync += [
                 self.pos.eq(self.pos + self.nbytes),
                 acc.eq(Mux(s + self.nbytes >= row_bytes, high, low)),
             ]
-        with m.Elif(self.flush):
-            m.d.comb += [self.wp.data.eq(acc), self.wp.en.eq(1)]
         return m
 
 
@@ -102,6 +110,8 @@ class ByteExtractor(Elaboratable):
         self.abort = Signal()
         self.pos = Signal(range(BUFFER_BYTES + row_bytes + 1))
         self.length = Signal(range(BUFFER_BYTES + row_bytes + 1))
+        #: Row offset of the bank to read (double buffering), sampled with ``start``.
+        self.base_row = Signal(len(read_port.addr))
         self.busy = Signal()
         self.valid = Signal()
         self.ready = Signal()
@@ -129,7 +139,7 @@ class ByteExtractor(Elaboratable):
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.start & ~self.abort):
-                    first = self.pos[shift_bits:]
+                    first = self.base_row + self.pos[shift_bits:]
                     m.d.comb += [self.rp.addr.eq(first), self.rp.en.eq(1)]
                     m.d.sync += [next_row.eq(first + 1), shift.eq(self.pos[0:shift_bits]), left.eq(self.length)]
                     m.next = "PRIME"
@@ -152,23 +162,25 @@ class ByteExtractor(Elaboratable):
 
 
 class TxFrameBuffer(Elaboratable):
-    """TX: the engine appends a chain's bytes (header + frame) at DMA width; ``send`` streams the frame part
-    (without the 12-byte virtio_net_hdr, spec 5.1.6.2) to ``eth_tx`` 64 bits at a time.
+    """TX: the engine appends a chain's bytes (header + frame) at DMA width into a free bank; ``commit`` hands
+    the bank to the sender, which streams the frame part (without the 12-byte virtio_net_hdr, spec 5.1.6.2)
+    to ``eth_tx`` 64 bits at a time.  Two banks: the next chain's DMA overlaps the previous frame's wire time.
 
-    ``busy`` is high from ``send`` until the frame's last beat left, so the engine never overwrites a frame
-    still draining.  A device reset does not cut a frame short: it was complete when the engine handed it over
-    (its used descriptor may already be written), and cutting it would break the stream's rule that a raised
-    ``valid`` keeps its payload until accepted.
+    ``can_accept`` says a bank is free for the engine.  A device reset does not cut a frame short: it was
+    complete when the engine handed it over (its used descriptor may already be written), and cutting it
+    would break the stream's rule that a raised ``valid`` keeps its payload until accepted.
     """
 
     def __init__(self, row_width: int) -> None:
         self.row_width = row_width
-        self.mem = memory.Memory(shape=unsigned(row_width), depth=buffer_rows(row_width // 8), init=[])
+        self.rows = buffer_rows(row_width // 8)
+        self.mem = memory.Memory(shape=unsigned(row_width), depth=BANKS * self.rows, init=[])
         self.appender = ByteAppender(self.mem.write_port(), row_width, row_width)
         self.extractor = ByteExtractor(self.mem.read_port(), row_width)
-        self.send = Signal()
+        self.commit = Signal()
         self.frame_len = Signal(range(BUFFER_BYTES + 1))
-        self.busy = Signal()
+        self.can_accept = Signal()
+        self.idle = Signal()  # nothing queued or on the wire
         # eth_tx, driven by the core (names as EthernetStream).
         self.tx_valid = Signal()
         self.tx_ready = Signal()
@@ -183,6 +195,10 @@ class TxFrameBuffer(Elaboratable):
         m.submodules.extractor = self.extractor
         ext = self.extractor
         lanes = self.row_width // 64
+        full = Signal(BANKS)
+        lengths = [Signal(len(self.frame_len), name=f"len{i}") for i in range(BANKS)]
+        wbank = Signal(range(BANKS))
+        rbank = Signal(range(BANKS))
         word = Signal(self.row_width)
         have = Signal()
         lane = Signal(range(lanes))
@@ -190,48 +206,61 @@ class TxFrameBuffer(Elaboratable):
         sending = Signal()
 
         m.d.comb += [
+            self.can_accept.eq(~full.bit_select(wbank, 1)),
+            self.idle.eq(~full.any()),
+            self.appender.base_row.eq(wbank * self.rows),
+            ext.base_row.eq(rbank * self.rows),
             ext.pos.eq(HDR_BYTES),
-            ext.length.eq(self.frame_len),
-            ext.start.eq(self.send & ~sending),
-            self.busy.eq(sending),
+            ext.length.eq(Array(lengths)[rbank]),
             self.tx_valid.eq(have),
             self.tx_data.eq(word.word_select(lane, 64)),
             self.tx_keep.eq(low_bytes_mask(left, 8)),
             self.tx_last.eq(left <= 8),
         ]
-        with m.If(self.send & ~sending):
-            m.d.sync += [sending.eq(1), left.eq(self.frame_len)]
+        set_full = Signal(BANKS)
+        clear_full = Signal(BANKS)
+        with m.If(self.commit):
+            m.d.comb += set_full.eq(1 << wbank)
+            m.d.sync += [Array(lengths)[wbank].eq(self.frame_len), wbank.eq(wbank + 1)]
+        with m.If(~sending & full.bit_select(rbank, 1)):
+            m.d.comb += ext.start.eq(1)
+            m.d.sync += [sending.eq(1), left.eq(Array(lengths)[rbank])]
         beat = self.tx_valid & self.tx_ready
         word_done = beat & ((lane == lanes - 1) | self.tx_last)
         m.d.comb += ext.ready.eq(~have | word_done)
         with m.If(beat):
             m.d.sync += [lane.eq(lane + 1), left.eq(left - 8)]
             with m.If(self.tx_last):
-                m.d.sync += sending.eq(0)
+                m.d.comb += clear_full.eq(1 << rbank)
+                m.d.sync += [sending.eq(0), rbank.eq(rbank + 1)]
         with m.If(ext.valid & ext.ready):
             m.d.sync += [word.eq(ext.data), have.eq(1), lane.eq(0)]
         with m.Elif(word_done):
             m.d.sync += have.eq(0)
+        m.d.sync += full.eq((full & ~clear_full) | set_full)
         return m
 
 
 class RxFrameBuffer(Elaboratable):
     """RX: ``eth_rx`` frames are stored behind a fresh virtio_net_hdr (5.1.6.4: num_buffers = 1, no offloads),
-    then the engine reads the header + frame back at DMA width with the extractor.
+    then the engine reads the header + frame back at DMA width with the extractor.  Two banks: a frame can
+    arrive while the engine writes the previous one to the ring.
 
     A frame is dropped (never reaches the ring) if ``accept`` is low when it starts (queue not running),
-    if it is marked bad (``user`` on its last beat), empty, or longer than ``MAX_FRAME_LEN``.  While a frame
-    waits for the engine (``full``) the next one is back-pressured.  ``consume`` frees the buffer.
+    if it is marked bad (``user`` on its last beat), empty, or longer than ``MAX_FRAME_LEN``.  While both
+    banks hold frames for the engine the next one is back-pressured.  ``full``/``frame_len`` describe the
+    oldest stored frame; ``consume`` frees its bank.
     """
 
     def __init__(self, row_width: int) -> None:
         self.row_width = row_width
-        self.mem = memory.Memory(shape=unsigned(row_width), depth=buffer_rows(row_width // 8), init=[])
+        self.rows = buffer_rows(row_width // 8)
+        self.mem = memory.Memory(shape=unsigned(row_width), depth=BANKS * self.rows, init=[])
         self.header = spec.NET_HDR.to_int(num_buffers=1, gso_type=spec.NET_HDR_GSO_NONE)
         self.appender = ByteAppender(self.mem.write_port(), row_width, 64, HDR_BYTES, self.header)
         self.extractor = ByteExtractor(self.mem.read_port(), row_width)
         self.accept = Signal()
-        self.full = Signal()  # a complete frame is in the buffer (header + frame_len bytes)
+        self.full = Signal()
         self.frame_len = Signal(range(device_map.MAX_FRAME_LEN + 1))
         self.consume = Signal()
         self.abort = Signal()
@@ -249,7 +278,10 @@ class RxFrameBuffer(Elaboratable):
         m.submodules.appender = self.appender
         m.submodules.extractor = self.extractor
         app = self.appender
-        header = self.header
+        full = Signal(BANKS)
+        lengths = [Signal(len(self.frame_len), name=f"len{i}") for i in range(BANKS)]
+        wbank = Signal(range(BANKS))
+        rbank = Signal(range(BANKS))
         in_frame = Signal()
         dropping = Signal()
         stored = Signal()  # frame complete; its last partial row is flushed in the next cycle
@@ -258,35 +290,48 @@ class RxFrameBuffer(Elaboratable):
         m.d.comb += [
             nbytes.eq(sum(self.rx_keep[i] for i in range(8))),
             app.init_pos.eq(HDR_BYTES),
-            app.init_acc.eq(header),
+            app.init_acc.eq(self.header),
             app.data.eq(self.rx_data),
             app.nbytes.eq(nbytes),
-            self.rx_ready.eq(~stored & ~self.full),
+            app.base_row.eq(wbank * self.rows),
+            self.extractor.base_row.eq(rbank * self.rows),
+            self.rx_ready.eq(~stored & ~full.bit_select(wbank, 1)),
+            self.full.eq(full.bit_select(rbank, 1)),
+            self.frame_len.eq(Array(lengths)[rbank]),
         ]
         beat = self.rx_valid & self.rx_ready
         drop = Mux(in_frame, dropping, ~self.accept)
         new_len = length + nbytes
         too_big = new_len > device_map.MAX_FRAME_LEN
-        restart = Signal()
-        m.d.comb += app.restart.eq(restart)
+        set_full = Signal(BANKS)
+        clear_full = Signal(BANKS)
         with m.If(beat):
             m.d.comb += app.valid.eq(~drop & ~too_big)
             with m.If(self.rx_last):
                 m.d.sync += [in_frame.eq(0), dropping.eq(0), length.eq(0)]
                 with m.If(drop | too_big | self.rx_user | (new_len == 0)):
-                    m.d.comb += restart.eq(1)
+                    m.d.comb += app.restart.eq(1)
                     m.d.sync += self.dropped.eq(self.dropped + 1)
                 with m.Else():
-                    m.d.sync += [stored.eq(1), self.frame_len.eq(new_len)]
+                    m.d.sync += [stored.eq(1), Array(lengths)[wbank].eq(new_len)]
             with m.Else():
                 m.d.sync += [in_frame.eq(1), dropping.eq(drop | too_big), length.eq(new_len)]
         with m.If(stored):
-            m.d.comb += app.flush.eq(1)
-            m.d.sync += [stored.eq(0), self.full.eq(1)]
-        with m.If(self.consume | self.abort):
-            m.d.comb += restart.eq(1)
-            m.d.sync += self.full.eq(0)
+            # Flush the last partial row into this bank, then the next frame goes to the other bank.
+            m.d.comb += [app.flush.eq(1), app.restart.eq(1), set_full.eq(1 << wbank)]
+            m.d.sync += [stored.eq(0), wbank.eq(wbank + 1)]
+        with m.If(self.consume):
+            m.d.comb += clear_full.eq(1 << rbank)
+            m.d.sync += rbank.eq(rbank + 1)
+        m.d.sync += full.eq((full & ~clear_full) | set_full)
         with m.If(self.abort):
             # A frame arriving during reset is dropped up to its last beat.
-            m.d.sync += [stored.eq(0), dropping.eq(in_frame | (beat & ~self.rx_last))]
+            m.d.comb += app.restart.eq(1)
+            m.d.sync += [
+                full.eq(0),
+                stored.eq(0),
+                wbank.eq(0),
+                rbank.eq(0),
+                dropping.eq(in_frame | (beat & ~self.rx_last)),
+            ]
         return m
