@@ -55,6 +55,22 @@ def test_demo_under_backpressure_with_chains() -> None:
     assert r["frames_received"] == r["frames_intact"] == 12
 
 
+@pytest.mark.parametrize("disable", ["NOTIFICATION_DATA", "EVENT_IDX,IN_ORDER"])
+def test_demo_feature_subsets(disable: str) -> None:
+    r = _run("host.demo:run_demo", {"frames": 8, "disable": disable, "seed": 6})
+    assert r["errors"] == 0, r.get("error_messages")
+    assert r["frames_received"] == r["frames_intact"] == 8
+    for name in disable.split(","):
+        assert name not in r["negotiated"]
+
+
+def test_driver_without_ring_packed_is_refused() -> None:
+    """This device implements packed rings only: FEATURES_OK does not stick without RING_PACKED (spec 3.1.1)."""
+    r = _run("host.demo:run_demo", {"frames": 2, "disable": "RING_PACKED"})
+    assert r["frames_received"] == 0
+    assert any("FEATURES_OK" in m for m in r["error_messages"])
+
+
 @pytest.mark.slow
 def test_demo_jumbo_frames_many_wraps() -> None:
     r = _run("host.demo:run_demo", {"frames": 200, "min_size": 60, "max_size": 9000, "seed": 9, "queue_size": 16})
