@@ -150,6 +150,10 @@ async def run_demo(
     return result
 
 
+#: Names lspci gives the standard capabilities a PCIe endpoint shows besides virtio's.
+_CAP_NAMES = {0x01: "Power Management", 0x05: "MSI", 0x10: "Express Endpoint", 0x11: "MSI-X"}
+
+
 def format_report(result: dict[str, Any]) -> str:
     """Human-readable rendering of :func:`run_demo`'s dict: lspci-like view, features, traffic."""
     lines = []
@@ -171,7 +175,8 @@ def format_report(result: dict[str, Any]) -> str:
             elif cap["id"] == spec.PCI_CAP_ID_MSIX:
                 lines.append(f"\tCapabilities: [{cap['offset']:02x}] MSI-X: Enable+ Count={cap['table_size']}")
             else:
-                lines.append(f"\tCapabilities: [{cap['offset']:02x}] id {cap['id']:#04x}")
+                name = _CAP_NAMES.get(cap["id"], f"id {cap['id']:#04x}")
+                lines.append(f"\tCapabilities: [{cap['offset']:02x}] {name}")
     if "device_features" in result:
         lines.append(f"device features  {result['device_features']}: {' '.join(result['device_feature_names'])}")
         lines.append(f"driver features  {result['driver_features']}: {' '.join(result['negotiated'])}")
