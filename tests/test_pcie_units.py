@@ -488,3 +488,75 @@ def test_msix_table_masking_and_handshake() -> None:
 
     run_sim(dut, hard_ip, host, deadline_cycles=800)
     assert log.get("finished")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# configuration-extend responder
+
+
+def test_cfgext_answers_only_in_its_windows_and_drives_the_bar() -> None:
+    from hdl.pcie.cfgext import ConfigExtendResponder, capability_image, pci_cfg_cap_offset
+
+    dut = ConfigExtendResponder()
+    image = capability_image()
+    cap = pci_cfg_cap_offset() // 4
+    log: dict = {"accesses": []}
+
+    async def slave(ctx):
+        while True:
+            _, _, valid, write, addr, size, wdata = await ctx.tick().sample(
+                dut.regs.valid, dut.regs.write, dut.regs.addr, dut.regs.size, dut.regs.wdata)
+            if valid:
+                log["accesses"].append((bool(write), addr, 1 << size, wdata))
+                ctx.set(dut.regs.rdata, 0xA1B2C3D4E5F60718)
+                ctx.set(dut.regs.done, 1)
+                await ctx.tick()
+                ctx.set(dut.regs.done, 0)
+                await ctx.tick()
+
+    slave.background = True
+
+    async def read(ctx, reg: int, function: int = 0) -> int | None:
+        ctx.set(dut.register_number, reg)
+        ctx.set(dut.function_number, function)
+        ctx.set(dut.read_received, 1)
+        await ctx.tick()
+        ctx.set(dut.read_received, 0)
+        for _ in range(20):
+            _, _, valid, data = await ctx.tick().sample(dut.read_data_valid, dut.read_data)
+            if valid:
+                return data
+        return None
+
+    async def write(ctx, reg: int, data: int, be: int) -> None:
+        ctx.set(dut.register_number, reg)
+        ctx.set(dut.function_number, 0)
+        ctx.set(dut.write_data, data)
+        ctx.set(dut.write_byte_enable, be)
+        ctx.set(dut.write_received, 1)
+        await ctx.tick()
+        ctx.set(dut.write_received, 0)
+        for _ in range(12):
+            await ctx.tick()
+
+    async def host(ctx):
+        for reg, value in image.items():
+            assert await read(ctx, reg) == value, hex(reg * 4)
+        assert await read(ctx, 0x40 // 4) is None  # hard IP territory: no answer
+        assert await read(ctx, 0xB0 // 4, function=1) is None  # another function
+        await write(ctx, cap + 1, 0, 0x1)  # bar 0
+        await write(ctx, cap + 2, 0x2014, 0xF)  # offset
+        await write(ctx, cap + 3, 2, 0xF)  # length
+        await write(ctx, cap + 4, 0xBEEF, 0x3)  # pci_cfg_data: a 2-byte BAR write
+        assert log["accesses"] == [(True, 0x2014, 2, 0xBEEF)]
+        assert await read(ctx, cap + 4) == 0x0718  # a 2-byte BAR read lands in pci_cfg_data's low bytes
+        assert log["accesses"][-1][:3] == (False, 0x2014, 2)
+        await write(ctx, cap + 3, 3, 0xF)  # length 3 is not an access size: nothing happens
+        n = len(log["accesses"])
+        await write(ctx, cap + 4, 1, 0xF)
+        assert len(log["accesses"]) == n
+        assert await read(ctx, cap + 3) == 3 and await read(ctx, cap + 2) == 0x2014
+        log["finished"] = True
+
+    run_sim(dut, slave, host, deadline_cycles=2000)
+    assert log.get("finished")
