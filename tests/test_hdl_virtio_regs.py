@@ -211,3 +211,31 @@ def test_common_layout_offsets_match_spec() -> None:
     # Offsets this file relies on, straight from the spec's struct (4.1.4.3).
     assert C.offset_of("queue_desc") == 0x20
     assert C.offset_of("queue_reset") == 0x3A
+
+
+@pytest.mark.parametrize("notification_data", [False, True])
+def test_notify_decode(notification_data: bool) -> None:
+    """4.1.5.2: with NOTIFICATION_DATA a 32-bit write carries {vqn, next_off, next_wrap}; without it a 16-bit
+    write of the vqn is a plain kick.  Doorbells of other queues or of no queue do not kick this one."""
+    features = BASE_FEATURES | (spec.feature_bit(Feature.NOTIFICATION_DATA) if notification_data else 0)
+
+    async def tb(ctx, core, regs):
+        assert await negotiate(ctx, regs, features) & Status.FEATURES_OK
+        tx = core.queue_states[spec.NET_TX_QUEUE]
+        rx = core.queue_states[spec.NET_RX_QUEUE]
+        word = spec.NOTIFY_DATA.to_int(vqn=spec.NET_TX_QUEUE, next_off=0x1234, next_wrap=1)
+        await regs.write(ctx, device_map.notify_address(spec.NET_TX_QUEUE), 4, word)
+        assert ctx.get(tx.kick_pending) == 1
+        assert ctx.get(rx.kick_pending) == 0
+        assert ctx.get(tx.hint_valid) == int(notification_data)
+        if notification_data:
+            assert (ctx.get(tx.hint_off), ctx.get(tx.hint_wrap)) == (0x1234, 1)
+        # A 16-bit kick of the vqn: no hint (the engine falls back to checking flags).
+        await regs.write(ctx, device_map.notify_address(spec.NET_RX_QUEUE), 2, spec.NET_RX_QUEUE)
+        assert ctx.get(rx.kick_pending) == 1
+        assert ctx.get(rx.hint_valid) == 0
+        # A vqn beyond num_queues kicks nothing; reads of the notify region return 0.
+        await regs.write(ctx, device_map.NOTIFY_OFFSET, 2, 7)
+        assert await regs.read(ctx, device_map.notify_address(spec.NET_TX_QUEUE), 4) == 0
+
+    simulate(tb)
