@@ -313,3 +313,57 @@ def test_synth_endpoint_full(tmp_path: Path) -> None:
     assert 20 < r["fmax_mhz"] < 500
     assert r["ecp5"]["wrapper_ffs"] > 1000
     assert seconds < 600, "the issue asks for under 10 minutes on 2 cores"
+
+
+def test_synth_markdown_from_saved_json(tmp_path: Path, capsys) -> None:
+    """`synth --from-json --markdown` renders a saved run: one row per block plus the total, and the ECP5 line."""
+    saved = {
+        "data_width": 256,
+        "seconds": 300.0,
+        "xcup": {
+            "command": "synth_xilinx -family xcup",
+            "seconds": 100.0,
+            "blocks": [
+                {
+                    "name": f"virtio_net_endpoint.b{i}",
+                    "luts": 10 * i,
+                    "lutram": 0,
+                    "ffs": i,
+                    "brams": 0.5,
+                    "urams": 0,
+                    "dsps": 0,
+                }
+                for i in range(3)
+            ],  # fmt: skip
+            "total": {
+                "name": "virtio_net_endpoint",
+                "luts": 99,
+                "lutram": 0,
+                "ffs": 9,
+                "brams": 1.5,
+                "urams": 0,
+                "dsps": 0,
+            },  # fmt: skip
+        },
+        "ecp5": {
+            "device": "LFE5UM5G-85F",
+            "package": "CABGA381",
+            "speed": 8,
+            "fmax_mhz": 42.5,
+            "luts": 1,
+            "ffs": 2,
+            "wrapper_ffs": 1,
+            "brams": 0,
+            "dsps": 0,
+            "method": "m",
+            "seconds": 200.0,
+        },  # fmt: skip
+    }
+    f = tmp_path / "s.json"
+    f.write_text(json.dumps(saved))
+    assert cli_main(["synth", "--from-json", str(f), "--markdown"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| virtio_net_endpoint.") or "**total**" in line]
+    assert len(rows) == 4 and "| 99 |" in rows[-1]
+    assert "Fmax 42.5 MHz" in out
+    assert cli_main(["synth", "--from-json", str(tmp_path / "missing.json")]) == 2

@@ -24,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "of the virtio-net endpoint, without the PCIe hard IP.",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument("--markdown", action="store_true", help="print the figures as a Markdown table (for READMEs)")
+    p.add_argument("--from-json", type=Path, metavar="FILE", help="render a saved `synth --json` result, run nothing")
     p.add_argument("--data-width", type=int, default=256, choices=(128, 256, 512), help="AXI-stream width")
     p.add_argument("-o", "--output", type=Path, default=Path("build/synth"), help="work directory (logs, netlists)")
     p.add_argument("--depth", type=int, default=2, help="hierarchy depth of the blocks reported separately")
@@ -135,10 +137,42 @@ def _print_tables(r: dict) -> None:
     console.print(f"total {r['seconds']:.0f} s; logs in {r['workdir']}")
 
 
+def markdown(r: dict) -> str:
+    """The figures as Markdown: one row per kept block, the total, and the ECP5 line."""
+    lines = [
+        f"UltraScale+ (Yosys `{r['xcup']['command']}`), data width {r['data_width']}:",
+        "",
+        "| block | LUTs | of which LUTRAM/SRL | FFs | BRAM36 | URAM | DSPs |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for b in [*r["xcup"]["blocks"], {**r["xcup"]["total"], "name": "**total** (virtio_net_endpoint)"}]:
+        cells = [b["name"], b["luts"], b["lutram"], b["ffs"], f"{b['brams']:g}", b["urams"], b["dsps"]]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    e = r["ecp5"]
+    if e:
+        lines += [
+            "",
+            f"ECP5 {e['device']} ({e['package']}, speed {e['speed']}): **Fmax {e['fmax_mhz']:.1f} MHz**; "
+            f"{e['luts']} LUT4/carry cells, {e['ffs']} FFs (of which {e['wrapper_ffs']} in the I/O wrapper), "
+            f"{e['brams']} DP16KD, {e['dsps']} MULT18X18D.  Method: {e['method']}.",
+        ]
+    lines += ["", f"Run time {r['seconds']:.0f} s (xcup {r['xcup']['seconds']:.0f} s"
+              + (f", ECP5 {e['seconds']:.0f} s" if e else "") + ", side by side)."]  # fmt: skip
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
-    result = collect(args)
+    if args.from_json is not None:
+        try:
+            result = json.loads(args.from_json.read_text())
+        except (OSError, ValueError) as exc:
+            raise CliError(f"cannot read {args.from_json}: {exc}") from exc
+    else:
+        result = collect(args)
     if args.json:
         print(json.dumps(result, indent=2))
+    elif args.markdown:
+        print(markdown(result))
     else:
         _print_tables(result)
     return 0
