@@ -36,7 +36,11 @@ def load_scenario(spec: str):
     return getattr(importlib.import_module(module_name), func_name)
 
 
-@cocotb.test()
+#: Simulated-time limit of one scenario: a hang fails the test instead of running forever.
+SIM_TIMEOUT_MS = float(os.environ.get("VIRTIO_FPGA_SIM_TIMEOUT_MS", "20"))
+
+
+@cocotb.test(timeout_time=SIM_TIMEOUT_MS, timeout_unit="ms")
 async def run_scenario(dut) -> None:
     """Build the bench, enumerate, run the scenario, add statistics, write the JSON result."""
     fn = load_scenario(os.environ["VIRTIO_FPGA_SCENARIO"])

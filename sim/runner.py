@@ -134,12 +134,13 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 def run_scenario(scenario: str, args: dict | None = None, *, waves: bool = False, data_width: int = 256,
                  backpressure: bool = False, core: str = "virtio", seed: int = 1, target: str = "rtl",
-                 peer: str | None = None) -> dict:
+                 peer: str | None = None, sim_timeout_ms: float = 20.0) -> dict:
     """Run ``module:function`` against the RTL; returns its dict plus ``sim_cycles``, DMA counts, guard check.
 
     The function is called as ``await fn(transport, **args)`` with a :class:`sim.transport.CocotbPcieTransport`.
     ``target="soft"`` runs it on the software reference device attached to the same RootComplex instead;
     ``peer="soft"`` attaches that device as well and passes its transport as ``peer_transport``.
+    ``sim_timeout_ms`` bounds the scenario in simulated time (20 ms = 5 million cycles at 250 MHz).
     """
     with tempfile.TemporaryDirectory(prefix="virtio_fpga_result_") as tmp:
         result_path = Path(tmp) / "result.json"
@@ -151,6 +152,7 @@ def run_scenario(scenario: str, args: dict | None = None, *, waves: bool = False
             "VIRTIO_FPGA_SEED": str(seed),
             "VIRTIO_FPGA_TARGET": target,
             "VIRTIO_FPGA_PEER": peer or "",
+            "VIRTIO_FPGA_SIM_TIMEOUT_MS": str(sim_timeout_ms),
         }
         run_dir = run_cocotb("sim.bench", testcase="run_scenario", data_width=data_width, core=core, waves=waves,
                              extra_env=env)

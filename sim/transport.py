@@ -18,6 +18,9 @@ from host.transport import DmaBuffer, TransportError
 
 GUARD_BYTES = 64
 GUARD_PATTERN = 0xA5
+#: A non-posted request (config or BAR read) without a completion after this long is a transport error
+#: rather than a hang (the real platform would see a completion timeout, PCIe Base 2.8).
+REQUEST_TIMEOUT_NS = 100_000
 
 
 @dataclass
@@ -50,13 +53,20 @@ class CocotbPcieTransport:
     async def config_read(self, offset: int, size: int) -> int:
         if size not in (1, 2, 4) or offset % size:
             raise TransportError(f"config read of {size} bytes at {offset:#x}")
-        data = await self.ep.config_read(offset, size)
+        try:
+            data = await self.ep.config_read(offset, size, timeout=REQUEST_TIMEOUT_NS, timeout_unit="ns")
+        except Exception as exc:  # cocotbext raises plain Exceptions for timeouts and bad completions
+            raise TransportError(f"config read of {size} bytes at {offset:#x}: {exc}") from exc
         return int.from_bytes(bytes(data), "little")
 
     async def config_write(self, offset: int, size: int, value: int) -> None:
         if size not in (1, 2, 4) or offset % size:
             raise TransportError(f"config write of {size} bytes at {offset:#x}")
-        await self.ep.config_write(offset, int(value).to_bytes(size, "little"))
+        try:
+            await self.ep.config_write(offset, int(value).to_bytes(size, "little"), timeout=REQUEST_TIMEOUT_NS,
+                                       timeout_unit="ns")
+        except Exception as exc:
+            raise TransportError(f"config write of {size} bytes at {offset:#x}: {exc}") from exc
 
     # ---- BARs ------------------------------------------------------------------------------------
     def _window(self, bar: int):
@@ -68,7 +78,11 @@ class CocotbPcieTransport:
     async def bar_read(self, bar: int, offset: int, size: int) -> int:
         if size not in (1, 2, 4, 8):
             raise TransportError(f"BAR read of {size} bytes")
-        data = await self._window(bar).read(offset, size)
+        window = self._window(bar)
+        try:
+            data = await window.read(offset, size, timeout=REQUEST_TIMEOUT_NS, timeout_unit="ns")
+        except Exception as exc:
+            raise TransportError(f"BAR{bar} read of {size} bytes at {offset:#x}: {exc}") from exc
         return int.from_bytes(bytes(data), "little")
 
     async def bar_write(self, bar: int, offset: int, size: int, value: int) -> None:
