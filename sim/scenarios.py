@@ -296,3 +296,9 @@ async def pci_cfg_probe(transport) -> dict:
     out["feature_hi_bar"] = await transport.bar_read(0, common + feature, 4)
     out["feature_hi_cfg"] = await _pci_cfg_access(transport, cfg, 0, common + feature, 4)
     return out
+
+
+async def stall(transport, seconds: float = 1.0) -> dict:
+    """Wait a long time (simulated): for checking that the per-scenario time limit ends a hung run."""
+    await transport.sleep(seconds)
+    return {}

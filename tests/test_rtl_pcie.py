@@ -135,6 +135,9 @@ def test_scenario_failure_is_reported() -> None:
 
     with pytest.raises(SimulationError):
         run_scenario("sim.scenarios:does_not_exist", {}, core="test")
+    # a scenario that does not finish within its simulated-time limit fails instead of hanging
+    with pytest.raises(SimulationError, match="failed"):
+        run_scenario("sim.scenarios:stall", {"seconds": 1.0}, core="test", sim_timeout_ms=0.05)
 
 
 
