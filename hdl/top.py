@@ -107,8 +107,12 @@ CORES: dict[str, Callable[[int], wiring.Component]] = {"virtio": _default_core, 
 class VirtioNetEndpoint(wiring.Component):
     """PCIe blocks + virtio core; ``core`` picks the core ("virtio", the product, or "test")."""
 
-    def __init__(self, data_width: int = 256, core: str | Callable[[int], wiring.Component] = "virtio",
-                 dma_timeout_cycles: int = 1 << 16) -> None:
+    def __init__(
+        self,
+        data_width: int = 256,
+        core: str | Callable[[int], wiring.Component] = "virtio",
+        dma_timeout_cycles: int = 1 << 16,
+    ) -> None:
         check_data_width(data_width)
         self.data_width = data_width
         self._core_factory = CORES[core] if isinstance(core, str) else core
@@ -129,8 +133,9 @@ class VirtioNetEndpoint(wiring.Component):
         m.submodules.cfgext = cfgext = ConfigExtendResponder()
         m.submodules.arbiter = arbiter = RegisterArbiter(2)
         m.submodules.decoder = decoder = RegisterDecoder(device_map.MSIX_TABLE_OFFSET)
-        m.submodules.msix = msix = MsixBlock(device_map.NUM_MSIX_VECTORS, device_map.MSIX_TABLE_OFFSET,
-                                             device_map.MSIX_PBA_OFFSET)
+        m.submodules.msix = msix = MsixBlock(
+            device_map.NUM_MSIX_VECTORS, device_map.MSIX_TABLE_OFFSET, device_map.MSIX_PBA_OFFSET
+        )
         m.submodules.dma = dma = DmaEngine(w, timeout_cycles=self.dma_timeout_cycles)
 
         # ---- completer (CQ/CC)

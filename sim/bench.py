@@ -45,8 +45,11 @@ async def run_scenario(dut) -> None:
     """Build the bench, enumerate, run the scenario, add statistics, write the JSON result."""
     fn = load_scenario(os.environ["VIRTIO_FPGA_SCENARIO"])
     args = json.loads(os.environ.get("VIRTIO_FPGA_ARGS", "{}") or "{}")
-    bench = await EndpointBench.create(dut, backpressure=os.environ.get("VIRTIO_FPGA_BACKPRESSURE") == "1",
-                                       seed=int(os.environ.get("VIRTIO_FPGA_SEED", "1")))
+    bench = await EndpointBench.create(
+        dut,
+        backpressure=os.environ.get("VIRTIO_FPGA_BACKPRESSURE") == "1",
+        seed=int(os.environ.get("VIRTIO_FPGA_SEED", "1")),
+    )
     target = os.environ.get("VIRTIO_FPGA_TARGET", "rtl")
     peer = None
     if target == "soft" or os.environ.get("VIRTIO_FPGA_PEER") == "soft":
@@ -74,8 +77,12 @@ async def run_scenario(dut) -> None:
     violations = rtl.guard_violations() + (peer_transport.guard_violations() if peer_transport else [])
     if target == "soft" and peer is not None:  # the RQ monitor sees only the RTL: report the soft device's own DMA
         stats = peer.dma_stats()
-        out.update(dma_read_requests=stats["read_requests"], dma_write_requests=stats["write_requests"],
-                   dma_read_bytes=stats["read_bytes"], dma_write_bytes=stats["write_bytes"])
+        out.update(
+            dma_read_requests=stats["read_requests"],
+            dma_write_requests=stats["write_requests"],
+            dma_read_bytes=stats["read_bytes"],
+            dma_write_bytes=stats["write_bytes"],
+        )
     out["guard_bytes_ok"] = not violations
     out["guard_violations"] = violations
     out["cfg_ext_timeouts"] = bench.dev.cfg_ext_timeouts

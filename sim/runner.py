@@ -33,8 +33,11 @@ class SimulationError(RuntimeError):
 def _design_key(data_width: int, core: str, waves: bool, timeout: int) -> str:
     h = hashlib.sha256()
     # the stand-in core does not use hdl/virtio: its builds survive edits there
-    hdl_files = [f for f in sorted((REPO / "hdl").rglob("*.py"))
-                 if core != "test" or "virtio" not in f.relative_to(REPO / "hdl").parts]
+    hdl_files = [
+        f
+        for f in sorted((REPO / "hdl").rglob("*.py"))
+        if core != "test" or "virtio" not in f.relative_to(REPO / "hdl").parts
+    ]
     files = hdl_files + [REPO / "virtio_fpga" / "spec.py", REPO / "virtio_fpga" / "device_map.py", Path(__file__)]
     for f in files:
         h.update(str(f.relative_to(REPO)).encode())
@@ -57,8 +60,9 @@ def icarus_time_zero_fix(text: str) -> str:
     return _AUTO_TRIGGER.sub(lambda mo: f"{mo.group(0)}\n{mo.group(1)}initial #1 {mo.group(2)} = 1;", text)
 
 
-def build(data_width: int = 256, *, core: str = "virtio", waves: bool = False,
-          dma_timeout_cycles: int = 1 << 16) -> Path:
+def build(
+    data_width: int = 256, *, core: str = "virtio", waves: bool = False, dma_timeout_cycles: int = 1 << 16
+) -> Path:
     """Generate and compile the design; returns the build directory (cached)."""
     key = _design_key(data_width, core, waves, dma_timeout_cycles)
     build_dir = BUILD_ROOT / f"{TOPLEVEL}_{data_width}_{core}_{key}"
@@ -74,8 +78,9 @@ def build(data_width: int = 256, *, core: str = "virtio", waves: bool = False,
     return build_dir
 
 
-def _build_locked(build_dir: Path, source: Path, stamp: Path, data_width: int, core: str, waves: bool,
-                  dma_timeout_cycles: int) -> None:
+def _build_locked(
+    build_dir: Path, source: Path, stamp: Path, data_width: int, core: str, waves: bool, dma_timeout_cycles: int
+) -> None:
     from amaranth.back import verilog
     from cocotb_tools.runner import get_runner
 
@@ -84,14 +89,28 @@ def _build_locked(build_dir: Path, source: Path, stamp: Path, data_width: int, c
     top = VirtioNetEndpoint(data_width, core=core, dma_timeout_cycles=dma_timeout_cycles)
     source.write_text(icarus_time_zero_fix(verilog.convert(top, name=TOPLEVEL, emit_src=False)))
     runner = get_runner("icarus")
-    runner.build(sources=[source], hdl_toplevel=TOPLEVEL, build_dir=build_dir, waves=waves,
-                 timescale=("1ns", "1ps"), always=True, log_file=build_dir / "build.log")
+    runner.build(
+        sources=[source],
+        hdl_toplevel=TOPLEVEL,
+        build_dir=build_dir,
+        waves=waves,
+        timescale=("1ns", "1ps"),
+        always=True,
+        log_file=build_dir / "build.log",
+    )
     stamp.write_text("ok\n")
 
 
-def run_cocotb(test_module: str, *, testcase: str | list[str] | None = None, data_width: int = 256,
-               core: str = "virtio", waves: bool = False, extra_env: dict[str, str] | None = None,
-               dma_timeout_cycles: int = 1 << 16) -> Path:
+def run_cocotb(
+    test_module: str,
+    *,
+    testcase: str | list[str] | None = None,
+    data_width: int = 256,
+    core: str = "virtio",
+    waves: bool = False,
+    extra_env: dict[str, str] | None = None,
+    dma_timeout_cycles: int = 1 << 16,
+) -> Path:
     """Run cocotb tests; raises :class:`SimulationError` if any fails.  Returns the run directory."""
     from cocotb_tools.runner import get_results, get_runner
 
@@ -99,15 +118,26 @@ def run_cocotb(test_module: str, *, testcase: str | list[str] | None = None, dat
     run_dir = Path(tempfile.mkdtemp(prefix="run_", dir=build_dir))
     results = run_dir / "results.xml"
     log_file = run_dir / "sim.log"
-    env = {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "COCOTB_LOG_LEVEL": os.environ.get("COCOTB_LOG_LEVEL", "WARNING")}
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "COCOTB_LOG_LEVEL": os.environ.get("COCOTB_LOG_LEVEL", "WARNING"),
+    }
     env.update(extra_env or {})
     runner = get_runner("icarus")
     try:
-        runner.test(test_module=test_module, hdl_toplevel=TOPLEVEL, hdl_toplevel_lang="verilog", testcase=testcase,
-                    build_dir=build_dir,
-                    test_dir=run_dir, results_xml=str(results), extra_env=env, waves=waves, log_file=log_file,
-                    timescale=("1ns", "1ps"))
+        runner.test(
+            test_module=test_module,
+            hdl_toplevel=TOPLEVEL,
+            hdl_toplevel_lang="verilog",
+            testcase=testcase,
+            build_dir=build_dir,
+            test_dir=run_dir,
+            results_xml=str(results),
+            extra_env=env,
+            waves=waves,
+            log_file=log_file,
+            timescale=("1ns", "1ps"),
+        )
     except SystemExit:  # cocotb_tools exits when a test failed; the results file says which
         pass
     except Exception as exc:  # the runner raises when the simulator fails to produce results
@@ -132,9 +162,19 @@ def _tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
-def run_scenario(scenario: str, args: dict | None = None, *, waves: bool = False, data_width: int = 256,
-                 backpressure: bool = False, core: str = "virtio", seed: int = 1, target: str = "rtl",
-                 peer: str | None = None, sim_timeout_ms: float = 20.0) -> dict:
+def run_scenario(
+    scenario: str,
+    args: dict | None = None,
+    *,
+    waves: bool = False,
+    data_width: int = 256,
+    backpressure: bool = False,
+    core: str = "virtio",
+    seed: int = 1,
+    target: str = "rtl",
+    peer: str | None = None,
+    sim_timeout_ms: float = 20.0,
+) -> dict:
     """Run ``module:function`` against the RTL; returns its dict plus ``sim_cycles``, DMA counts, guard check.
 
     The function is called as ``await fn(transport, **args)`` with a :class:`sim.transport.CocotbPcieTransport`.
@@ -154,8 +194,9 @@ def run_scenario(scenario: str, args: dict | None = None, *, waves: bool = False
             "VIRTIO_FPGA_PEER": peer or "",
             "VIRTIO_FPGA_SIM_TIMEOUT_MS": str(sim_timeout_ms),
         }
-        run_dir = run_cocotb("sim.bench", testcase="run_scenario", data_width=data_width, core=core, waves=waves,
-                             extra_env=env)
+        run_dir = run_cocotb(
+            "sim.bench", testcase="run_scenario", data_width=data_width, core=core, waves=waves, extra_env=env
+        )
         if not result_path.exists():
             raise SimulationError(f"scenario {scenario} wrote no result ({run_dir})")
         result = json.loads(result_path.read_text())

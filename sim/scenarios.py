@@ -86,8 +86,11 @@ async def testcore_pci_cfg_window(transport) -> dict:
     # a BAR the device does not have: no access happens, the old data stays in pci_cfg_data
     await transport.bar_write(0, 0x20, 4, 0xCAFEF00D)
     out["cfg_read_bad_bar"] = await _pci_cfg_access(transport, cfg, 3, 0x20, 4)
-    out["fields_readback"] = [await transport.config_read(cfg + 4, 1), await transport.config_read(cfg + 8, 4),
-                              await transport.config_read(cfg + 12, 4)]
+    out["fields_readback"] = [
+        await transport.config_read(cfg + 4, 1),
+        await transport.config_read(cfg + 8, 4),
+        await transport.config_read(cfg + 12, 4),
+    ]
     return out
 
 
@@ -155,8 +158,17 @@ async def testcore_dma_copy(transport, cases: list[list[int]] | None = None, see
     """Copies host->device->host through the DMA engine at assorted alignments and lengths."""
     rng = random.Random(seed)
     if cases is None:
-        cases = [[0, 0, 1], [1, 3, 5], [3, 0, 64], [0, 7, 100], [5, 2, 513], [4095 - 100, 11, 300],
-                 [2, 4094, 4100], [0, 0, 4096], [17, 33, 9000]]
+        cases = [
+            [0, 0, 1],
+            [1, 3, 5],
+            [3, 0, 64],
+            [0, 7, 100],
+            [5, 2, 513],
+            [4095 - 100, 11, 300],
+            [2, 4094, 4100],
+            [0, 0, 4096],
+            [17, 33, 9000],
+        ]
     results = []
     log = transport.bench.counters.requests
     dut = transport.bench.dut
@@ -171,12 +183,19 @@ async def testcore_dma_copy(transport, cases: list[list[int]] | None = None, see
         status = await _copy(transport, src.iova + src_off, dst.iova + dst_off, length)
         got = dst.read(dst_off, length)
         tlps = log[first:]
-        results.append({"src_off": src_off, "dst_off": dst_off, "len": length, "ok": got == payload,
-                        "error_bit": bool(status & 2),
-                        "first_bad": next((i for i in range(length) if got[i] != payload[i]), None),
-                        "untouched_prefix": dst.read(0, dst_off) == bytes(dst_off),
-                        "reads": check_requests([t for t in tlps if t[0] == "R"], src.iova + src_off, length, mrrs),
-                        "writes": check_requests([t for t in tlps if t[0] == "W"], dst.iova + dst_off, length, mps)})
+        results.append(
+            {
+                "src_off": src_off,
+                "dst_off": dst_off,
+                "len": length,
+                "ok": got == payload,
+                "error_bit": bool(status & 2),
+                "first_bad": next((i for i in range(length) if got[i] != payload[i]), None),
+                "untouched_prefix": dst.read(0, dst_off) == bytes(dst_off),
+                "reads": check_requests([t for t in tlps if t[0] == "R"], src.iova + src_off, length, mrrs),
+                "writes": check_requests([t for t in tlps if t[0] == "W"], dst.iova + dst_off, length, mps),
+            }
+        )
     return {"cases": results, "mps": mps, "mrrs": mrrs}
 
 
@@ -290,8 +309,10 @@ async def pci_cfg_probe(transport) -> dict:
     num_queues = spec.COMMON_CFG.offset_of("num_queues")
     feature = spec.COMMON_CFG.offset_of("device_feature")
     select = spec.COMMON_CFG.offset_of("device_feature_select")
-    out = {"num_queues_cfg": await _pci_cfg_access(transport, cfg, 0, common + num_queues, 2),
-           "num_queues_bar": await transport.bar_read(0, common + num_queues, 2)}
+    out = {
+        "num_queues_cfg": await _pci_cfg_access(transport, cfg, 0, common + num_queues, 2),
+        "num_queues_bar": await transport.bar_read(0, common + num_queues, 2),
+    }
     await _pci_cfg_access(transport, cfg, 0, common + select, 4, 1)  # select the high feature word via config
     out["feature_hi_bar"] = await transport.bar_read(0, common + feature, 4)
     out["feature_hi_cfg"] = await _pci_cfg_access(transport, cfg, 0, common + feature, 4)

@@ -62,8 +62,16 @@ def _random_pauses(seed: int, probability: float):
 class EndpointBench:
     """RootComplex + VirtioUspDevice around ``virtio_net_endpoint``."""
 
-    def __init__(self, dut, *, backpressure: bool = False, seed: int = 1, log_level: int = logging.WARNING,
-                 max_payload_size: int = 256, max_read_request_size: int = 512) -> None:
+    def __init__(
+        self,
+        dut,
+        *,
+        backpressure: bool = False,
+        seed: int = 1,
+        log_level: int = logging.WARNING,
+        max_payload_size: int = 256,
+        max_read_request_size: int = 512,
+    ) -> None:
         self.dut = dut
         dut.user_reset.value = 1  # before the model's clock starts: a floating reset would make X state
         self.log = logging.getLogger("cocotb.tb")

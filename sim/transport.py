@@ -63,8 +63,9 @@ class CocotbPcieTransport:
         if size not in (1, 2, 4) or offset % size:
             raise TransportError(f"config write of {size} bytes at {offset:#x}")
         try:
-            await self.ep.config_write(offset, int(value).to_bytes(size, "little"), timeout=REQUEST_TIMEOUT_NS,
-                                       timeout_unit="ns")
+            await self.ep.config_write(
+                offset, int(value).to_bytes(size, "little"), timeout=REQUEST_TIMEOUT_NS, timeout_unit="ns"
+            )
         except Exception as exc:
             raise TransportError(f"config write of {size} bytes at {offset:#x}: {exc}") from exc
 
@@ -127,8 +128,10 @@ class CocotbPcieTransport:
                 chunk = bytes(mem[lo:hi])
                 if chunk != bytes([GUARD_PATTERN]) * (hi - lo):
                     first = next(i for i, b in enumerate(chunk) if b != GUARD_PATTERN) + lo
-                    bad.append(f"buffer {a.base + a.offset:#x}+{a.size}: guard byte at region offset {first} "
-                               f"({first - a.offset:+d} from the buffer) changed")
+                    bad.append(
+                        f"buffer {a.base + a.offset:#x}+{a.size}: guard byte at region offset {first} "
+                        f"({first - a.offset:+d} from the buffer) changed"
+                    )
         return bad
 
     # ---- interrupts ------------------------------------------------------------------------------

@@ -62,8 +62,14 @@ class CfgExtFunction(UltraScalePlusPcieFunction):
 class VirtioUspDevice(UltraScalePlusPcieDevice):
     """UltraScalePlusPcieDevice + configuration-extend forwarding in ``cfg_ext_windows`` (byte ranges)."""
 
-    def __init__(self, *args, cfg_ext_windows=USER_CONFIG_WINDOWS, first_user_cap: int = FIRST_CAP_OFFSET,
-                 cfg_ext_timeout_cycles: int = 64, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        cfg_ext_windows=USER_CONFIG_WINDOWS,
+        first_user_cap: int = FIRST_CAP_OFFSET,
+        cfg_ext_timeout_cycles: int = 64,
+        **kwargs,
+    ) -> None:
         self.cfg_ext_windows = tuple(cfg_ext_windows)
         self.cfg_ext_timeout_cycles = cfg_ext_timeout_cycles
         self.cfg_ext_timeouts = 0

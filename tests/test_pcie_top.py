@@ -20,8 +20,10 @@ _DECL = re.compile(r"^\s*(input|output)\s+(?:wire\s+|reg\s+)?(?:\[(\d+):0\]\s+)?
 def verilog_ports(text: str) -> dict[str, tuple[str, int]]:
     module = text[text.index(f"module {MODULE_NAME}(") :]
     module = module[: module.index("endmodule")]
-    return {name: (direction[:-3] if direction == "output" else "in", int(msb) + 1 if msb else 1)
-            for direction, msb, name in _DECL.findall(module)}
+    return {
+        name: (direction[:-3] if direction == "output" else "in", int(msb) + 1 if msb else 1)
+        for direction, msb, name in _DECL.findall(module)
+    }
 
 
 @pytest.fixture(scope="module", params=[128, 256, 512])

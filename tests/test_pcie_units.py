@@ -70,7 +70,8 @@ def _completer_case(width: int, desc: dict, first_be: int, last_be: int, payload
     async def slave(ctx):
         while True:
             _, _, valid, write, addr, size, wdata = await ctx.tick().sample(
-                dut.regs.valid, dut.regs.write, dut.regs.addr, dut.regs.size, dut.regs.wdata)
+                dut.regs.valid, dut.regs.write, dut.regs.addr, dut.regs.size, dut.regs.wdata
+            )
             if valid:
                 accesses.append((bool(write), addr, 1 << size, wdata & ((1 << (8 << size)) - 1)))
                 value = int.from_bytes(bytes((0x40 + addr + k) & 0xFF for k in range(8)), "little")
@@ -100,8 +101,9 @@ def _completer_case(width: int, desc: dict, first_be: int, last_be: int, payload
         ctx.set(dut.cq.tvalid, 0)
         got = b""
         for _ in range(200):
-            _, _, valid, data, keep, last = await ctx.tick().sample(dut.cc.tvalid, dut.cc.tdata, dut.cc.tkeep,
-                                                                     dut.cc.tlast)
+            _, _, valid, data, keep, last = await ctx.tick().sample(
+                dut.cc.tvalid, dut.cc.tdata, dut.cc.tkeep, dut.cc.tlast
+            )
             if valid:
                 for d in range(width // 32):
                     if keep >> d & 1:
@@ -117,8 +119,16 @@ def _completer_case(width: int, desc: dict, first_be: int, last_be: int, payload
 
 
 def _mem_desc(req_type: int, addr: int, dwords: int, bar: int = 0) -> dict:
-    return {"addr": addr >> 2, "dword_count": dwords, "req_type": req_type, "requester_id": 0x0100, "tag": 0x2A,
-            "bar_id": bar, "bar_aperture": 16, "target_function": 0}
+    return {
+        "addr": addr >> 2,
+        "dword_count": dwords,
+        "req_type": req_type,
+        "requester_id": 0x0100,
+        "tag": 0x2A,
+        "bar_id": bar,
+        "bar_aperture": 16,
+        "target_function": 0,
+    }
 
 
 @pytest.mark.parametrize("width", [128, 256])
@@ -191,7 +201,8 @@ def _rq_collector(dut, tlps: list, *, ready_prob: float = 1.0, seed: int = 5):
             ready = rng.random() < ready_prob
             ctx.set(dut.rq.tready, ready)
             _, _, valid, data, keep, last, tuser = await ctx.tick().sample(
-                dut.rq.tvalid, dut.rq.tdata, dut.rq.tkeep, dut.rq.tlast, dut.rq.tuser)
+                dut.rq.tvalid, dut.rq.tdata, dut.rq.tkeep, dut.rq.tlast, dut.rq.tuser
+            )
             if valid and ready:
                 if tuser_first is None:
                     tuser_first = tuser
@@ -224,16 +235,23 @@ def _completions(desc: dict, first_be: int, memory: bytes, base: int, rcb: int =
         dw_start = pos & ~3
         dw_end = (pos + n + 3) & ~3
         data = memory[dw_start - base : dw_end - base]
-        cpl = pack(RC_DESCRIPTOR, lower_addr=la, byte_count=remaining, dword_count=(dw_end - dw_start) // 4,
-                   tag=desc["tag"], request_completed=int(n == remaining))
+        cpl = pack(
+            RC_DESCRIPTOR,
+            lower_addr=la,
+            byte_count=remaining,
+            dword_count=(dw_end - dw_start) // 4,
+            tag=desc["tag"],
+            request_completed=int(n == remaining),
+        )
         out.append(cpl.to_bytes(12, "little") + data)
         pos += n
         remaining -= n
     return out
 
 
-def _dma_read_case(width: int, addr: int, length: int, *, mode: str = "ok", timeout_cycles: int = 1 << 16,
-                   seed: int = 1):
+def _dma_read_case(
+    width: int, addr: int, length: int, *, mode: str = "ok", timeout_cycles: int = 1 << 16, seed: int = 1
+):
     dut = DmaEngine(width, timeout_cycles=timeout_cycles)
     rng = random.Random(seed)
     base = addr & ~0xFFF
@@ -255,7 +273,8 @@ def _dma_read_case(width: int, addr: int, length: int, *, mode: str = "ok", time
         ctx.set(dut.rd.data_ready, 1)
         while True:
             _, _, valid, data, keep, last, err = await ctx.tick().sample(
-                dut.rd.data_valid, dut.rd.data, dut.rd.data_keep, dut.rd.data_last, dut.rd.error)
+                dut.rd.data_valid, dut.rd.data, dut.rd.data_keep, dut.rd.data_last, dut.rd.error
+            )
             if valid:
                 out["beats"] += 1
                 nb = sum(1 for k in range(width // 8) if keep >> k & 1)
@@ -281,8 +300,16 @@ def _dma_read_case(width: int, addr: int, length: int, *, mode: str = "ok", time
         if mode in ("ur", "ca"):
             d0 = tlps[0][0]
             status = 1 if mode == "ur" else 4
-            streams[-1] = [pack(RC_DESCRIPTOR, status=status, error_code=0b1001, byte_count=d0["_len"],
-                                tag=d0["tag"], request_completed=1).to_bytes(12, "little")]
+            streams[-1] = [
+                pack(
+                    RC_DESCRIPTOR,
+                    status=status,
+                    error_code=0b1001,
+                    byte_count=d0["_len"],
+                    tag=d0["tag"],
+                    request_completed=1,
+                ).to_bytes(12, "little")
+            ]
         if mode == "poisoned":  # data arrives, but the TLP is poisoned (EP bit): PG213 error code 0b0001
             first = streams[-1][0]
             word = int.from_bytes(first[:12], "little") | pack(RC_DESCRIPTOR, poisoned=1, error_code=0b0001)
@@ -505,7 +532,8 @@ def test_cfgext_answers_only_in_its_windows_and_drives_the_bar() -> None:
     async def slave(ctx):
         while True:
             _, _, valid, write, addr, size, wdata = await ctx.tick().sample(
-                dut.regs.valid, dut.regs.write, dut.regs.addr, dut.regs.size, dut.regs.wdata)
+                dut.regs.valid, dut.regs.write, dut.regs.addr, dut.regs.size, dut.regs.wdata
+            )
             if valid:
                 log["accesses"].append((bool(write), addr, 1 << size, wdata))
                 ctx.set(dut.regs.rdata, 0xA1B2C3D4E5F60718)

@@ -49,8 +49,11 @@ def test_demo_loopback_every_frame_back() -> None:
 
 
 def test_demo_under_backpressure_with_chains() -> None:
-    r = _run("host.demo:run_demo", {"frames": 12, "min_size": 60, "max_size": 3000, "seed": 5, "rx_chain": 2,
-                                    "tx_chain": 2}, backpressure=True)
+    r = _run(
+        "host.demo:run_demo",
+        {"frames": 12, "min_size": 60, "max_size": 3000, "seed": 5, "rx_chain": 2, "tx_chain": 2},
+        backpressure=True,
+    )
     assert r["errors"] == 0, r.get("error_messages")
     assert r["frames_received"] == r["frames_intact"] == 12
 

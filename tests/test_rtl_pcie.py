@@ -104,8 +104,9 @@ def test_dma_under_backpressure() -> None:
 def test_other_interface_widths(width: int) -> None:
     """The same blocks at 128 bits (Gen3 x4) and 512 bits (Gen3 x16), 250 MHz: BAR access, the capability
     walk and DMA copies at awkward alignments."""
-    r = scenario("testcore_dma_copy", {"cases": [[1, 3, 5], [3, 0, 64], [5, 2, 513], [2, 4094, 4100]]},
-                 data_width=width)
+    r = scenario(
+        "testcore_dma_copy", {"cases": [[1, 3, 5], [3, 0, 64], [5, 2, 513], [2, 4094, 4100]]}, data_width=width
+    )
     _check_copies(r)
     r = scenario("testcore_bar_access", {"count": 40}, data_width=width)
     assert r["mismatches"] == []
@@ -138,7 +139,6 @@ def test_scenario_failure_is_reported() -> None:
     # a scenario that does not finish within its simulated-time limit fails instead of hanging
     with pytest.raises(SimulationError, match="failed"):
         run_scenario("sim.scenarios:stall", {"seconds": 1.0}, core="test", sim_timeout_ms=0.05)
-
 
 
 def test_second_function_on_the_same_root_complex() -> None:

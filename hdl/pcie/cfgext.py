@@ -145,8 +145,11 @@ class ConfigExtendResponder(wiring.Component):
                     with m.Else():
                         m.next = "ANSWER"
                 with m.Elif(self.write_received & in_window):
-                    m.d.sync += [reg.eq(self.register_number), wdata.eq(self.write_data),
-                                 wbe.eq(self.write_byte_enable)]
+                    m.d.sync += [
+                        reg.eq(self.register_number),
+                        wdata.eq(self.write_data),
+                        wbe.eq(self.write_byte_enable),
+                    ]
                     m.next = "WRITE"
             with m.State("BAR_READ"):
                 with m.If(access_ok):

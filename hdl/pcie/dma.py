@@ -229,8 +229,13 @@ class DmaEngine(wiring.Component):
         cur_rem = Signal(DMA_LEN_WIDTH)
         cur_pos = Signal(PTR_WIDTH)
         mrrs = Signal(13)
-        m.d.comb += mrrs.eq(Mux((Const(128, 13) << self.max_read_req) > self.max_read_chunk,
-                                self.max_read_chunk, Const(128, 13) << self.max_read_req))
+        m.d.comb += mrrs.eq(
+            Mux(
+                (Const(128, 13) << self.max_read_req) > self.max_read_chunk,
+                self.max_read_chunk,
+                Const(128, 13) << self.max_read_req,
+            )
+        )
         to_4k = Signal(13)
         m.d.comb += to_4k.eq(0x1000 - cur_addr[:12])
         lim = Signal(13)
@@ -330,13 +335,18 @@ class DmaEngine(wiring.Component):
                 tag_now.eq(c_tag),
             ]
         with m.Else():
-            m.d.comb += [base.eq(h_base), lo.eq(h_lo), hi.eq(h_hi), ok.eq(h_ok), beat_idx.eq(h_beat),
-                         tag_now.eq(h_tag)]
+            m.d.comb += [base.eq(h_base), lo.eq(h_lo), hi.eq(h_hi), ok.eq(h_ok), beat_idx.eq(h_beat), tag_now.eq(h_tag)]
 
         with m.If(rc.tvalid):
             with m.If(~in_tlp):
-                m.d.sync += [h_base.eq(c_base), h_lo.eq(12 + la3), h_hi.eq(12 + la3 + n_valid), h_tag.eq(c_tag),
-                             h_ok.eq(ok), h_beat.eq(1)]
+                m.d.sync += [
+                    h_base.eq(c_base),
+                    h_lo.eq(12 + la3),
+                    h_hi.eq(12 + la3 + n_valid),
+                    h_tag.eq(c_tag),
+                    h_ok.eq(ok),
+                    h_beat.eq(1),
+                ]
                 with m.If(c_err & (cdesc.tag < nt)):
                     for i in range(nt):
                         with m.If(c_tag == i):
@@ -442,8 +452,9 @@ class DmaEngine(wiring.Component):
         margin = Signal(PTR_WIDTH)
         m.d.comb += margin.eq(avail_ptr - d_pos - nb)
         d_ready = Signal()
-        m.d.comb += d_ready.eq(drain_fifo.r_rdy & Mux(d_last, err_fifo.r_rdy,
-                                                      err_fifo.r_rdy | (margin.as_signed() >= 0)))
+        m.d.comb += d_ready.eq(
+            drain_fifo.r_rdy & Mux(d_last, err_fifo.r_rdy, err_fifo.r_rdy | (margin.as_signed() >= 0))
+        )
         m.d.comb += [
             rd.data_valid.eq(d_ready),
             rd.data.eq(Mux(d_word[0], rports[1].data, rports[0].data)),
@@ -480,8 +491,12 @@ class DmaEngine(wiring.Component):
         m.d.comb += wr.req_ready.eq(~in_data & job_fifo.w_rdy & (wr.req_len != 0))
         with m.If(wr.req_valid & wr.req_ready):
             m.d.comb += [job_fifo.w_en.eq(1), job_fifo.w_data.eq(Cat(wr.req_addr, wr.req_len, walloc))]
-            m.d.sync += [walloc.eq(walloc + (req_beats << nbits)), in_data.eq(1), beats_left.eq(req_beats),
-                         wfill.eq(walloc)]
+            m.d.sync += [
+                walloc.eq(walloc + (req_beats << nbits)),
+                in_data.eq(1),
+                beats_left.eq(req_beats),
+                wfill.eq(walloc),
+            ]
         space = Signal()
         m.d.comb += space.eq(((wfill + nb - wfree)[:PTR_WIDTH]) <= self.ring_bytes)
         m.d.comb += wr.data_ready.eq(in_data & space)
@@ -508,8 +523,13 @@ class DmaEngine(wiring.Component):
         rem = Signal(DMA_LEN_WIDTH)
         m.d.comb += rem.eq(j_len - off)
         mps = Signal(13)
-        m.d.comb += mps.eq(Mux((Const(128, 13) << self.max_payload) > self.max_write_chunk,
-                               self.max_write_chunk, Const(128, 13) << self.max_payload))
+        m.d.comb += mps.eq(
+            Mux(
+                (Const(128, 13) << self.max_payload) > self.max_write_chunk,
+                self.max_write_chunk,
+                Const(128, 13) << self.max_payload,
+            )
+        )
         # Split at Max_Payload_Size-aligned boundaries (and so at 4 KiB ones): PCIe Base 2.2.7.
         to_bound = Signal(13)
         m.d.comb += to_bound.eq(mps - (t_addr[:12] & (mps - 1)))
@@ -531,8 +551,15 @@ class DmaEngine(wiring.Component):
         data_present = Signal()
         m.d.comb += data_present.eq(((wfill - (t_pos + chunk))[:PTR_WIDTH]).as_signed() >= 0)
         with m.If(~sending & job_fifo.r_rdy & data_present):
-            m.d.sync += [sending.eq(1), s_beat.eq(0), s_chunk.eq(chunk), s_addr.eq(t_addr), s_pos.eq(t_pos),
-                         s_last_tlp.eq(rem == chunk), off.eq(off + chunk)]
+            m.d.sync += [
+                sending.eq(1),
+                s_beat.eq(0),
+                s_chunk.eq(chunk),
+                s_addr.eq(t_addr),
+                s_pos.eq(t_pos),
+                s_last_tlp.eq(rem == chunk),
+                off.eq(off + chunk),
+            ]
 
         # beat j shows ring bytes starting at s_pos - a3 - 16 + j*nb
         start = Signal(PTR_WIDTH)

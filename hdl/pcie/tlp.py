@@ -54,8 +54,19 @@ def rq_tuser(data_width: int, first_be, last_be, sop, eop, eop_ptr) -> Value:
     if data_width == 512:
         # first_be[7:0] last_be[15:8] addr_offset[19:16] is_sop[21:20] is_sop0_ptr[23:22] is_sop1_ptr[25:24]
         # is_eop[27:26] is_eop0_ptr[31:28] ...
-        return Cat(first_be, Const(0, 4), last_be, Const(0, 4), Const(0, 4), sop, Const(0, 1), Const(0, 4),
-                   eop, Const(0, 1), eop_ptr[:4]).as_unsigned()
+        return Cat(
+            first_be,
+            Const(0, 4),
+            last_be,
+            Const(0, 4),
+            Const(0, 4),
+            sop,
+            Const(0, 1),
+            Const(0, 4),
+            eop,
+            Const(0, 1),
+            eop_ptr[:4],
+        ).as_unsigned()
     return Cat(first_be, last_be).as_unsigned()
 
 

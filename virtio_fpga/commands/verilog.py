@@ -17,10 +17,15 @@ from virtio_fpga.errors import CliError
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("verilog", help="write the top-level Verilog (virtio_net_endpoint) with Xilinx port names")
     p.add_argument("-o", "--output", type=Path, required=True, help="output directory")
-    p.add_argument("--data-width", type=int, default=256,
-                   help="AXI-stream width of the PCIe interfaces (128, 256, 512)")
-    p.add_argument("--core", default="virtio", choices=["virtio", "test"],
-                   help="'test' builds the PCIe-only stand-in core instead of the virtio core")
+    p.add_argument(
+        "--data-width", type=int, default=256, help="AXI-stream width of the PCIe interfaces (128, 256, 512)"
+    )
+    p.add_argument(
+        "--core",
+        default="virtio",
+        choices=["virtio", "test"],
+        help="'test' builds the PCIe-only stand-in core instead of the virtio core",
+    )
     p.set_defaults(func=run)
 
 
