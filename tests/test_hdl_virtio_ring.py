@@ -219,6 +219,32 @@ def test_notification_data_is_only_a_hint() -> None:
     sc.check_memory()
 
 
+@pytest.mark.slow
+def test_jumbo_frames_scattered() -> None:
+    """Frames up to MAX_FRAME_LEN (9 KiB jumbo) scattered over several TX and RX descriptors, rings wrapping."""
+    from virtio_fpga import device_map
+
+    sc = Scenario(
+        features=BASE_FEATURES | NOTIF,
+        tx_size=6,
+        rx_size=3,
+        mem_size=0x80000,
+        rx_buf_len=HDR + device_map.MAX_FRAME_LEN,
+        rx_pieces=3,
+        tx_pieces=3,
+        tx_split_header=True,
+    )
+    frames = frames_of([device_map.MAX_FRAME_LEN, 9000, 1, 4097, 1514, device_map.MAX_FRAME_LEN - 1, 60])
+
+    async def tb(ctx):
+        await sc.start(ctx)
+        await sc.transfer(ctx, frames, timeout=200000)
+
+    sc.run(tb)
+    check_received(sc, frames)
+    sc.check_memory()
+
+
 def measure_loopback(frame_len: int, count: int, read_latency: int = 6) -> tuple[float, int]:
     """(cycles per frame in a back-to-back batch, latency of a lone frame) for a TX->RX loopback.
 

@@ -63,6 +63,11 @@ class QueueState:
         self.pend_id = sig("pend_id", 16)
         self.pend_len = sig("pend_len", 32)
         self.pend_count = sig("pend_count", 16)
+        #: Used positions written since the last look at the driver's event suppression structure start at
+        #: (ev_idx, ev_wrap); ev_pending says there are some.  One look covers a whole burst (2.8.10).
+        self.ev_pending = sig("ev_pending")
+        self.ev_idx = sig("ev_idx", 16)
+        self.ev_wrap = sig("ev_wrap")
 
     def reset_statements(self) -> list:
         """The state of a fresh queue: both wrap counters 1, indices 0 (2.8.1, 2.8.2)."""
@@ -80,6 +85,7 @@ class QueueState:
             self.cache_rd.eq(0),
             self.need_dev_event.eq(0),
             self.used_pend.eq(0),
+            self.ev_pending.eq(0),
         ]
 
 
@@ -141,10 +147,6 @@ def build_engine(core, m: Module) -> None:
     wr_outstanding = Signal(4)
     tx_len = Signal(range(BUFFER_BYTES + 1))
     event = Signal(layouts.EVENT_SUPPRESS)
-    ev_old_idx = Signal(16)
-    ev_old_wrap = Signal()
-    ev_new_idx = Signal(16)
-    ev_new_wrap = Signal()
     # Statistics (visible to simulation; the PCIe half may expose them later).
     core.stat_tx_frames = stat_tx = Signal(32)
     core.stat_rx_frames = stat_rx = Signal(32)
@@ -197,6 +199,18 @@ def build_engine(core, m: Module) -> None:
         for i, s in enumerate(states)
     ]
     m.d.comb += rx.accept.eq(running[RX_QUEUE])
+    # More chains of this queue will be done right away: postpone the event-suppression read (and the
+    # interrupt) to the end of the burst, as long as the unchecked range stays below half the ring.
+    unchecked = []
+    for q, s in zip(queues, states, strict=True):
+        span = Signal(range(-(2**17), 2**17), name=f"q{q.index}_unchecked")
+        m.d.comb += span.eq(s.used_idx + Mux(s.used_wrap_counter, 0, q.size) - s.ev_idx - Mux(s.ev_wrap, 0, q.size))
+        unchecked.append(Mux(span < 0, span + (q.size << 1), span))
+    imminent = [
+        running[RX_QUEUE] & (states[RX_QUEUE].cache_cnt != 0) & rx.full,
+        running[TX_QUEUE] & (states[TX_QUEUE].cache_cnt != 0) & tx.can_accept,
+    ]
+    imminent = [imm & (unchecked[i] < (queues[i].size >> 1)) for i, imm in enumerate(imminent)]
 
     # ---- fetch sizing ----
     pidx = cur("parse_idx")
@@ -224,8 +238,8 @@ def build_engine(core, m: Module) -> None:
     d_event = Signal(range(-(2**18), 2**18))
     d_new = Signal(range(-(2**18), 2**18))
     m.d.comb += [
-        d_event.eq(linear(event.desc_event_off, event.desc_event_wrap) - linear(ev_old_idx, ev_old_wrap)),
-        d_new.eq(linear(ev_new_idx, ev_new_wrap) - linear(ev_old_idx, ev_old_wrap)),
+        d_event.eq(linear(event.desc_event_off, event.desc_event_wrap) - linear(cur("ev_idx"), cur("ev_wrap"))),
+        d_new.eq(linear(cur("used_idx"), cur("used_wrap_counter")) - linear(cur("ev_idx"), cur("ev_wrap"))),
     ]
     d_event_mod = Mux(d_event < 0, d_event + two_size, d_event)
     d_new_mod = Mux(d_new < 0, d_new + two_size, d_new)
@@ -268,6 +282,8 @@ def build_engine(core, m: Module) -> None:
                         choices.append((s.need_dev_event & q.enable, i, "DEVEVT"))
                     for i, s in enumerate(states):
                         choices.append((s.used_pend & ~batching[i], i, "USED"))
+                    for i, s in enumerate(states):
+                        choices.append((s.ev_pending & ~s.used_pend & ~imminent[i], i, "EVENT_WAIT"))
                     for n, (cond, i, target) in enumerate(choices):
                         with (m.If if n == 0 else m.Elif)(cond):
                             m.d.sync += cur_q.eq(i)
@@ -474,15 +490,14 @@ def build_engine(core, m: Module) -> None:
                 new_idx, new_wrap = advance(cur("used_idx"), cur("used_wrap_counter"), cur("pend_count"), size)
                 m.d.sync += [
                     req_sent.eq(0),
-                    ev_old_idx.eq(cur("used_idx")),
-                    ev_old_wrap.eq(cur("used_wrap_counter")),
-                    ev_new_idx.eq(new_idx),
-                    ev_new_wrap.eq(new_wrap),
                     cur("used_idx").eq(new_idx),
                     cur("used_wrap_counter").eq(new_wrap),
                     cur("used_pend").eq(0),
+                    cur("ev_pending").eq(1),
                 ]
-                m.next = "EVENT_WAIT"
+                with m.If(~cur("ev_pending")):
+                    m.d.sync += [cur("ev_idx").eq(cur("used_idx")), cur("ev_wrap").eq(cur("used_wrap_counter"))]
+                m.next = "IDLE"  # IDLE looks at the driver's event structure unless more chains follow
 
         with m.State("EVENT_WAIT"):
             # The used descriptor must be visible before we sample the driver's wish (2.8.10).
@@ -502,6 +517,11 @@ def build_engine(core, m: Module) -> None:
                 m.d.sync += rd_error.eq(rd.error)
 
         with m.State("EVENT_DECIDE"):
+            m.d.sync += [
+                cur("ev_pending").eq(0),
+                cur("ev_idx").eq(cur("used_idx")),
+                cur("ev_wrap").eq(cur("used_wrap_counter")),
+            ]
             with m.If(rd_error):
                 m.next = "MALFORMED"
             with m.Elif(want_irq):
