@@ -210,12 +210,36 @@ def cfg_ext_windows() -> tuple[tuple[int, int], ...]:
     return tuple(cfgext.USER_CONFIG_WINDOWS)
 
 
-#: PG213: the legacy (PCI-compatible) user window starts at 0xB0, right after the hard block's PCIe capability.
-LEGACY_USER_SPACE = (0xB0, 0x100)
-#: PG213: the MSI capability's slot; it is user space only when the IP's MSI capability is disabled.
+#: The MSI capability's slot in the hard block's legacy list (PM 0x40, MSI 0x48, MSI-X 0x60, PCIe 0x70).
 MSI_SLOT = (0x48, 0x60)
-#: PG213: the extended user window.
-EXT_USER_SPACE = (0x480, 0x1000)
+
+
+def hard_ip_windows(board: PcieBoardPlatform) -> tuple[tuple[int, int], ...]:
+    """Configuration-space byte ranges the integrated block forwards to user logic over cfg_ext_*.
+
+    From hdl/pcie/README.md (PG213 "Configuration Extend Interface", with PG302/PG344 for the legacy range):
+    legacy 0xB0-0xBF on both blocks; extended 0x480-0x4FF on PCIE4, 0xE80-0xFFF on the HBM parts' PCIE4C.
+    """
+    ext = (0xE80, 0x1000) if board.pcie.ip == "pcie4c_uscale_plus" else (0x480, 0x500)
+    return ((0xB0, 0xC0), ext)
+
+
+def unforwarded(board: PcieBoardPlatform, windows: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Parts of the design's windows the hard IP does not forward: reads there return the block's own value."""
+    out: list[tuple[int, int]] = []
+    hw = hard_ip_windows(board)
+    for lo, hi in windows:
+        start = None
+        for a in range(lo, hi, 4):
+            covered = any(wlo <= a < whi for wlo, whi in hw)
+            if not covered and start is None:
+                start = a
+            if covered and start is not None:
+                out.append((start, a))
+                start = None
+        if start is not None:
+            out.append((start, hi))
+    return out
 
 
 def ip_config(board: PcieBoardPlatform, data_width: int, windows: Iterable[tuple[int, int]]) -> dict[str, str]:
@@ -228,10 +252,6 @@ def ip_config(board: PcieBoardPlatform, data_width: int, windows: Iterable[tuple
     legacy = any(lo < 0x100 for lo, _ in windows)
     ext = any(lo >= 0x100 for lo, _ in windows)
     uses_msi_slot = any(lo < MSI_SLOT[1] and hi > MSI_SLOT[0] for lo, hi in windows)
-    for lo, hi in windows:
-        inside = [r for r in (LEGACY_USER_SPACE, MSI_SLOT, EXT_USER_SPACE) if r[0] <= lo and hi <= r[1]]
-        if not inside:
-            raise ValueError(f"config window {lo:#x}-{hi:#x} is not one the hard IP forwards to user logic")
     cfg = {
         "mode_selection": "Advanced",
         "pcie_blk_locn": link.block,
@@ -287,6 +307,20 @@ def ip_config(board: PcieBoardPlatform, data_width: int, windows: Iterable[tuple
     return cfg
 
 
+def cfg_ext_warning(board: PcieBoardPlatform, windows: Sequence[tuple[int, int]]) -> list[str]:
+    """Why a board build may not present every virtio capability (empty when the hard IP forwards them all)."""
+    missing = unforwarded(board, windows)
+    if not missing:
+        return []
+    rng = ", ".join(f"{lo:#x}-{hi - 1:#x}" for lo, hi in missing)
+    hw = ", ".join(f"{lo:#x}-{hi - 1:#x}" for lo, hi in hard_ip_windows(board))
+    return [
+        f"{board.pcie.ip} forwards only {hw} to user logic; config space {rng} is answered by the hard block,",
+        "so on silicon only the virtio capabilities inside the forwarded range are visible and a virtio driver",
+        "will not bind (see hdl/pcie/README.md, 'What that means on silicon', for the ways out).",
+    ]
+
+
 def ip_tcl(board: PcieBoardPlatform, data_width: int, windows: Sequence[tuple[int, int]]) -> str:
     cfg = ip_config(board, data_width, windows)
     link = link_for(board, data_width)
@@ -298,6 +332,7 @@ def ip_tcl(board: PcieBoardPlatform, data_width: int, windows: Sequence[tuple[in
         f"# virtio capabilities answered by the endpoint over cfg_ext_* in config space {win}",
         "#   (legacy_ext_pcie_cfg_space_enabled: the hard block chains its PCIe capability to 0xB0; the MSI",
         "#   capability is disabled when its slot 0x48 is one of the windows, MSI-X remains)",
+        *[f"# WARNING: {line}" for line in cfg_ext_warning(board, windows)],
         f"create_ip -name {board.pcie.ip} -vendor xilinx.com -library ip -module_name {ip_module_name(board)} -dir ip",
         "set_property -dict [list \\",
     ]
@@ -565,6 +600,8 @@ def manifest(board: PcieBoardPlatform, data_width: int, windows: Sequence[tuple[
             "pba_offset": dm.MSIX_PBA_OFFSET,
         },
         "cfg_ext_windows": [[lo, hi] for lo, hi in windows],
+        "cfg_ext_hard_ip_windows": [list(w) for w in hard_ip_windows(board)],
+        "cfg_ext_unforwarded": [list(w) for w in unforwarded(board, windows)],
         "ethernet": None
         if board.ethernet is None
         else {"cage": board.ethernet.cage, "gt_quad": board.ethernet.gt_quad, "note": board.ethernet.note},

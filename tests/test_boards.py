@@ -148,6 +148,13 @@ def test_vivado_tree(name: str, width: int, tmp_path: Path) -> None:
             assert cfg["pf0_msi_enabled"] == "false"
     for addr, _cap in cfgext.VIRTIO_CAP_LAYOUT:
         assert any(lo <= addr < hi for lo, hi in cfgext.USER_CONFIG_WINDOWS)
+    # what silicon forwards (hdl/pcie/README.md): legacy 0xB0-0xBF only; anything else must be flagged
+    design = {a for lo, hi in cfgext.USER_CONFIG_WINDOWS for a in range(lo, hi, 4)}
+    missing = sorted(design - set(range(0xB0, 0xC0, 4)) - set(range(0x480, 0x500, 4)) - set(range(0xE80, 0x1000, 4)))
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    flagged = sorted(a for lo, hi in m["cfg_ext_unforwarded"] for a in range(lo, hi, 4))
+    assert flagged == missing
+    assert ("# WARNING:" in tcl) == bool(missing)
 
     # wrapper: the endpoint instance connects exactly top_ports(), the IP instance is the module the Tcl creates
     top_v = (tmp_path / "virtio_fpga_top.v").read_text()
@@ -186,6 +193,15 @@ def test_vivado_tree(name: str, width: int, tmp_path: Path) -> None:
     assert f"-part {board.part}" in build and "source pcie_ip.tcl" in build and "write_bitstream" in build
     m = json.loads((tmp_path / "manifest.json").read_text())
     assert m["ids"]["device"] == 0x1041 and m["part"] == board.part
+
+
+def test_unforwarded_ranges() -> None:
+    u50, vcu = BOARDS["alveo-u50"](), BOARDS["vcu118"]()
+    assert vivado.unforwarded(vcu, [(0xB0, 0xC0), (0x480, 0x4A0)]) == []
+    assert vivado.unforwarded(vcu, [(0xB0, 0x100)]) == [(0xC0, 0x100)]
+    assert vivado.unforwarded(vcu, [(0xE80, 0xE90)]) == [(0xE80, 0xE90)]  # PCIE4 has no window up there
+    assert vivado.unforwarded(u50, [(0xE80, 0xE90)]) == []  # PCIE4C has
+    assert vivado.unforwarded(vcu, [(0x48, 0x60), (0xB4, 0xC4)]) == [(0x48, 0x60), (0xC0, 0xC4)]
 
 
 def test_unknown_board_exits_2(capsys) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -64,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     summary: dict = {"board": args.board, "part": board.part, "tree": str(out), "files": sorted(tree.files)}
+    warning = vivado.cfg_ext_warning(board, [tuple(w) for w in tree.manifest["cfg_ext_windows"]])
+    summary["warning"] = " ".join(warning) or None
     ran = False
     if vivado.vivado_available() and not args.no_run:
         t0 = time.monotonic()
@@ -81,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
         return 0
     print(f"{board.title} ({board.part}): Vivado build tree written to {out}")
+    if warning:
+        print(f"warning: {' '.join(warning)}", file=sys.stderr)
     if ran:
         u, t = summary["utilization"], summary["timing"]
         print(f"bitstream: {summary['bitstream']}")
