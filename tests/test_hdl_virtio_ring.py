@@ -196,6 +196,26 @@ def test_event_idx_descriptor_event() -> None:
     check_received(sc, frames)
 
 
+@pytest.mark.parametrize(("event_off", "expected"), [(3, 1), (7, 0)])
+def test_event_idx_in_a_burst(event_off: int, expected: int) -> None:
+    """A burst of chains is checked against the driver's event once, over the whole range it used (2.8.10):
+    an event position inside the burst gives exactly one interrupt, one beyond it none."""
+    sc = Scenario(features=BASE_FEATURES | NOTIF | EVENT_IDX, tx_size=8, rx_size=8)
+    frames = frames_of([30 + i for i in range(6)])
+
+    async def tb(ctx):
+        await sc.start(ctx)
+        sc.tx.set_driver_event(spec.EventFlags.DESC, off=event_off, wrap=1)
+        await sc.transfer(ctx, frames, batch=6)
+        await sc.tick(ctx, 200)
+        sc.reap()
+        assert sc.tx_completed == len(frames)
+
+    sc.run(tb)
+    check_received(sc, frames)
+    assert sc.irqs.count(TX_VECTOR) == expected, sc.irqs.vectors
+
+
 def test_notification_data_is_only_a_hint() -> None:
     """2.9: a kick that claims more than is available must not make the device use stale descriptors."""
     sc = Scenario(features=BASE_FEATURES | NOTIF, tx_size=8, rx_size=8)
