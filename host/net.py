@@ -150,12 +150,16 @@ class VirtioNetDriver:
         await dev.write_common("queue_select", vq.index)
         await dev.write_common("queue_reset", 1)
         deadline = self.transport.now() + timeout
-        while await dev.read_common("queue_reset") != 1:  # 4.1.4.3.2: reads 1 once the queue is reset
+        # 4.1.4.3.2 (driver): the reset is complete only when queue_reset reads back 0 (the device presents 1
+        # while it is ongoing, then 0 in queue_reset and queue_enable), as Linux's vp_modern_set_queue_reset.
+        while await dev.read_common("queue_reset") != 0 or await dev.read_common("queue_enable") != 0:
             if self.transport.now() > deadline:
                 raise VirtioError(f"queue {vq.index} reset did not complete")
             await self.transport.sleep(1e-6)
         dropped = vq.outstanding
         if vq is self.rxq:
+            for buf in self._rx_buffers.values():  # the device gave them up with the queue
+                self.transport.free_dma(buf)
             self._rx_buffers.clear()
         vq.reset_state()
         vector = RX_VECTOR if vq is self.rxq else TX_VECTOR

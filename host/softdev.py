@@ -72,15 +72,16 @@ class QueueState:
     desc: int = 0
     driver: int = 0
     device: int = 0
-    reset: int = 0  # queue_reset register: 1 after a queue reset until re-enabled (spec 4.1.4.3.2)
+    reset: int = 0  # queue_reset register: 1 while a queue reset is ongoing (spec 4.1.4.3.2)
     next_avail_idx: int = 0
     avail_wrap_counter: int = 1
     next_used_idx: int = 0
     used_wrap_counter: int = 1
     notify_hint: tuple[int, int] | None = None  # (next_off, next_wrap) from the last notification data
+    epoch: int = 0  # bumped by every reset of the queue: work started before it is abandoned
 
     def clear(self) -> None:
-        fresh = QueueState(self.index)
+        fresh = QueueState(self.index, epoch=self.epoch + 1)
         self.__dict__.update(fresh.__dict__)
 
 
@@ -428,8 +429,12 @@ class SoftVirtioNet:
     async def _queue_write(self, q: QueueState, name: str, shift: int, size: int, value: int) -> None:
         if name == "queue_reset":
             if value == 1 and self.negotiated(Feature.RING_RESET):
-                q.clear()
-                q.reset = 1  # 4.1.4.3.2: reads 1 once the queue is reset, until it is re-enabled
+                # 4.1.4.3.2 (device): 1 is presented while the reset is ongoing and 0 in both queue_reset and
+                # queue_enable once it completes.  Nothing is in flight between two awaits here, so the reset
+                # completes at once and the driver's first read sees 0.
+                q.clear()  # a service() task working on this queue abandons it at its next check (epoch)
+                if q.index in self._pending:
+                    self._pending.remove(q.index)
             return
         if name == "queue_enable":
             if value == 1 and not q.enable:
@@ -528,8 +533,13 @@ class SoftVirtioNet:
     def _running(self) -> bool:
         return bool(self.status & Status.DRIVER_OK) and not self.status & Status.DEVICE_NEEDS_RESET
 
-    def _check(self, generation: int) -> None:
-        if generation != self._generation or not self._running():
+    def _token(self, generation: int, q: QueueState) -> tuple[int, QueueState, int]:
+        """What processing of ``q`` depends on: the device generation and the queue's reset epoch."""
+        return generation, q, q.epoch
+
+    def _check(self, token: tuple[int, QueueState, int]) -> None:
+        generation, q, epoch = token
+        if generation != self._generation or q.epoch != epoch or not self._running():
             raise _Abandoned
 
     async def _fail(self, exc: DeviceError) -> None:
@@ -569,11 +579,11 @@ class SoftVirtioNet:
         self.counters.descriptor_reads += 1
         return PACKED_DESC.unpack(raw)
 
-    async def _next_chain(self, q: QueueState, generation: int) -> Chain | None:
+    async def _next_chain(self, q: QueueState, token: tuple) -> Chain | None:
         """Read the next available chain, advancing next_avail_idx; None if the driver has made none."""
         head = q.next_avail_idx
         first = await self._read_desc(q, head)
-        self._check(generation)
+        self._check(token)
         if not self._is_available(q, first["flags"]):
             self.counters.empty_polls += 1
             return None
@@ -591,7 +601,7 @@ class SoftVirtioNet:
             if len(chain.descriptors) >= q.size:
                 raise MalformedDescriptor(f"queue {q.index}: chain at {head} longer than the queue ({q.size})")
             desc = await self._read_desc(q, idx)
-            self._check(generation)
+            self._check(token)
             # 2.8.6: every descriptor of a chain is made available with the same wrap counter
             avail = bool(desc["flags"] & DescFlag.AVAIL)
             if avail != bool(wrap) or bool(desc["flags"] & DescFlag.USED) == bool(wrap):
@@ -651,14 +661,15 @@ class SoftVirtioNet:
     async def _process_tx(self, q: QueueState, generation: int) -> None:
         if not q.enable:
             return
+        token = self._token(generation, q)
         old = (q.next_used_idx, q.used_wrap_counter)
         in_order = self.negotiated(Feature.IN_ORDER)
         batch: list[Chain] = []
         while True:
-            chain = await self._next_chain(q, generation)
+            chain = await self._next_chain(q, token)
             if chain is None:
                 break
-            frame = await self._gather_tx(q, chain, generation)
+            frame = await self._gather_tx(q, chain, token)
             batch.append(chain)
             if not in_order:
                 await self._write_used(q, chain.buffer_id, 0, False, len(chain.descriptors))
@@ -669,10 +680,10 @@ class SoftVirtioNet:
         if in_order:
             # 2.8.21: one used descriptor for the batch, with the last buffer's ID, skipping the whole batch.
             await self._write_used(q, batch[-1].buffer_id, 0, False, sum(len(c.descriptors) for c in batch))
-        self._check(generation)
+        self._check(token)
         await self._notify_used(q, old)
 
-    async def _gather_tx(self, q: QueueState, chain: Chain, generation: int) -> bytes | None:
+    async def _gather_tx(self, q: QueueState, chain: Chain, token: tuple) -> bytes | None:
         data = bytearray()
         for desc in chain.descriptors:
             if desc["flags"] & DescFlag.WRITE:
@@ -680,7 +691,7 @@ class SoftVirtioNet:
             if len(data) + desc["len"] > spec.NET_HDR.size + dm.MAX_FRAME_LEN:
                 raise MalformedDescriptor(f"queue {q.index}: frame longer than {dm.MAX_FRAME_LEN} bytes")
             data += await self._dma_read(desc["addr"], desc["len"])
-            self._check(generation)
+            self._check(token)
         if len(data) < spec.NET_HDR.size:
             raise MalformedDescriptor(f"queue {q.index}: transmit buffer shorter than virtio_net_hdr")
         frame = bytes(data[spec.NET_HDR.size :])
@@ -707,23 +718,24 @@ class SoftVirtioNet:
     async def _process_rx(self, q: QueueState, generation: int) -> None:
         if not q.enable or not self.rx_backlog:
             return
+        token = self._token(generation, q)
         old = (q.next_used_idx, q.used_wrap_counter)
         delivered = 0
         while self.rx_backlog:
-            chain = await self._next_chain(q, generation)
+            chain = await self._next_chain(q, token)
             if chain is None:
                 break  # no buffer yet: the frame waits for the driver's next kick
             frame = self.rx_backlog.popleft()
-            written = await self._scatter_rx(q, chain, frame, generation)
+            written = await self._scatter_rx(q, chain, frame, token)
             length = written + (1 if Fault.USED_LEN_OFF_BY_ONE in self.faults else 0)
             await self._write_used(q, chain.buffer_id, length, True, len(chain.descriptors))
             self.counters.frames_rx += 1
             delivered += 1
         if delivered:
-            self._check(generation)
+            self._check(token)
             await self._notify_used(q, old)
 
-    async def _scatter_rx(self, q: QueueState, chain: Chain, frame: bytes, generation: int) -> int:
+    async def _scatter_rx(self, q: QueueState, chain: Chain, frame: bytes, token: tuple) -> int:
         header = spec.NET_HDR.pack(num_buffers=1)  # 5.1.6.4: num_buffers is 1 without MRG_RXBUF
         if Fault.FLIP_RX_BYTE in self.faults:
             frame = bytes([frame[0] ^ 0xFF]) + frame[1:]
@@ -743,7 +755,7 @@ class SoftVirtioNet:
                 break
             part = payload[offset : offset + desc["len"]]
             await self._dma_write(desc["addr"], part)
-            self._check(generation)
+            self._check(token)
             offset += len(part)
         return len(payload)
 

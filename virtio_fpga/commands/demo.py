@@ -87,7 +87,6 @@ def run_on_device(device: str, kwargs: dict[str, Any], *, waves: bool = False) -
         except ImportError as exc:
             raise CliError(f"VFIO support is not available: {exc}") from None
         from host.demo import run_demo
-
         from host.transport import TransportError
 
         async def main_vfio() -> dict[str, Any]:
