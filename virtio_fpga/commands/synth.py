@@ -96,6 +96,7 @@ def collect(args: argparse.Namespace) -> dict:
             "blocks": [opentools.as_dict(b) for b in x.blocks],
             "unmapped_cells": x.unmapped_cells,
             "seconds": round(x.seconds, 1),
+            "cpu_seconds": round(x.cpu_seconds, 1),
         },
         "ecp5": None,
         "seconds": None,
@@ -105,6 +106,7 @@ def collect(args: argparse.Namespace) -> dict:
         ecp5 = opentools.as_dict(e)
         ecp5.pop("utilization")
         ecp5["seconds"] = round(e.seconds, 1)
+        ecp5["cpu_seconds"] = round(e.cpu_seconds, 1)
         result["ecp5"] = ecp5
     result["seconds"] = round(time.monotonic() - t0, 1)
     return result
@@ -156,8 +158,10 @@ def markdown(r: dict) -> str:
             f"{e['luts']} LUT4/carry cells, {e['ffs']} FFs (of which {e['wrapper_ffs']} in the I/O wrapper), "
             f"{e['brams']} DP16KD, {e['dsps']} MULT18X18D.  Method: {e['method']}.",
         ]
-    lines += ["", f"Run time {r['seconds']:.0f} s (xcup {r['xcup']['seconds']:.0f} s"
-              + (f", ECP5 {e['seconds']:.0f} s" if e else "") + ", side by side)."]  # fmt: skip
+    x = r["xcup"]
+    cpu = f"; CPU time xcup {x.get('cpu_seconds', 0):.0f} s" + (f", ECP5 {e.get('cpu_seconds', 0):.0f} s" if e else "")
+    lines += ["", f"Wall time {r['seconds']:.0f} s (xcup {x['seconds']:.0f} s"
+              + (f", ECP5 {e['seconds']:.0f} s" if e else "") + f", side by side{cpu})."]  # fmt: skip
     return "\n".join(lines)
 
 
