@@ -91,6 +91,23 @@ def test_wraparound_chains(
     assert len(frames) >= 2 * max(rx_size, tx_size) + 1
 
 
+@pytest.mark.parametrize("data_width", [128, 512])
+def test_loopback_other_data_widths(data_width: int) -> None:
+    """128-bit (Gen3 x4) and 512-bit (Gen3 x16) DMA widths: descriptors per beat and frame rows change."""
+    from hdl.virtio.core import VirtioNetCore
+
+    sc = Scenario(features=BASE_FEATURES | NOTIF, core=VirtioNetCore(data_width=data_width), tx_pieces=2, rx_pieces=2)
+    frames = frames_of([1, 63, 64, 65, 700], seed=data_width)
+
+    async def tb(ctx):
+        await sc.start(ctx)
+        await sc.transfer(ctx, frames, batch=3)
+
+    sc.run(tb)
+    check_received(sc, frames)
+    sc.check_memory()
+
+
 def test_used_writeback_format() -> None:
     """2.8.4/2.8.6: the used descriptor carries the id of the chain's last descriptor, len, AVAIL=USED=wrap;
     the device writes id/len/flags only (addr keeps what the driver wrote)."""
