@@ -148,7 +148,7 @@ class VirtioCoreSignature(wiring.Signature):
     def __init__(self, data_width: int) -> None:
         super().__init__(
             {
-                "regs": In(RegisterBus()),
+                "regs": Out(RegisterBus()),  # RegisterBus is written from the register block's side
                 "dma_rd": Out(DmaReadPort(data_width)),
                 "dma_wr": Out(DmaWritePort(data_width)),
                 "irq": Out(InterruptPort()),
