@@ -136,6 +136,9 @@ class SoftVirtioNet:
         backlog_limit: int = 256,
         caps_start: int = 0x40,
     ) -> None:
+        unsupported = device_features & ~dm.IMPLEMENTED_FEATURES
+        if unsupported:
+            raise ValueError(f"device_features offers unimplemented features: {spec.feature_names(unsupported)}")
         self.dma = dma
         self.device_features_built = device_features
         self.mac = mac

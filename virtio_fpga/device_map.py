@@ -53,8 +53,10 @@ DEFAULT_MTU = 9216 + 14  # jumbo frames: the data path moves up to 9 KiB payload
 #: Largest frame (without virtio_net_hdr) the loopback path carries; bounds buffers in the hardware too.
 MAX_FRAME_LEN = 9 * 1024 + 14 + 4
 
-# ---- Features offered by default ------------------------------------------------------------------------
-DEVICE_FEATURES = features_mask(
+# ---- Features --------------------------------------------------------------------------------------------
+#: Everything this device implements, in the gateware and in the software device alike.  A build may offer
+#: fewer (a build-time parameter of the core), and the provisioning mask fewer still, never more.
+IMPLEMENTED_FEATURES = features_mask(
     [
         Feature.VERSION_1,
         Feature.ACCESS_PLATFORM,
@@ -69,6 +71,8 @@ DEVICE_FEATURES = features_mask(
         NetFeature.STATUS,
     ]
 )
+#: Features offered by default: all of them.
+DEVICE_FEATURES = IMPLEMENTED_FEATURES
 #: Features without which this device refuses FEATURES_OK (split rings and legacy are not implemented).
 REQUIRED_FEATURES = features_mask([Feature.VERSION_1, Feature.RING_PACKED])
 

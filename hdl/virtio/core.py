@@ -95,21 +95,7 @@ class VirtioNetCore(wiring.Component):
     """
 
     #: Features this implementation knows how to honour (anything else offered would be a lie to the driver).
-    SUPPORTED_FEATURES = spec.features_mask(
-        [
-            Feature.VERSION_1,
-            Feature.ACCESS_PLATFORM,
-            Feature.RING_PACKED,
-            Feature.IN_ORDER,
-            Feature.ORDER_PLATFORM,
-            Feature.NOTIFICATION_DATA,
-            Feature.RING_RESET,
-            Feature.EVENT_IDX,
-            spec.NetFeature.MAC,
-            spec.NetFeature.MTU,
-            spec.NetFeature.STATUS,
-        ]
-    )
+    SUPPORTED_FEATURES = device_map.IMPLEMENTED_FEATURES
 
     def __init__(self, data_width: int = 256, device_features: int = device_map.DEVICE_FEATURES) -> None:
         if data_width not in (128, 256, 512):
