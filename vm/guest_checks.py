@@ -74,19 +74,24 @@ def sysfs(bdf: str, name: str) -> str:
 def cli_run(*argv: str, as_nobody: bool = False) -> tuple[int, str, str]:
     """The real CLI entry point in-process (fast: no interpreter start over 9p), or forked as uid 65534."""
     if as_nobody:
+        # Import every subcommand module while still root: the checkout may be a directory only root can read
+        # (CI clones into a mktemp -d folder, mode 0700), and the point is uid 65534 meeting sysfs, not Python.
+        cli.build_parser()
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:  # child: drop root, run the command, report through the pipe
             code = 1
+            err = io.StringIO()
             try:
                 os.setgroups([])
                 os.setresgid(65534, 65534, 65534)
                 os.setresuid(65534, 65534, 65534)
-                err = io.StringIO()
                 with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
                     code = cli.main(list(argv))
-                os.write(write_fd, err.getvalue().encode())
+            except BaseException:  # an unexpected crash must show in the check's record, not vanish
+                err.write(traceback.format_exc())
             finally:
+                os.write(write_fd, err.getvalue().encode())
                 os._exit(code)
         os.close(write_fd)
         with os.fdopen(read_fd) as f:
