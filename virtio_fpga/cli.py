@@ -8,6 +8,7 @@ exit status).  New subcommands therefore need no edit here.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import pkgutil
 import sys
@@ -31,12 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="A virtio-net PCIe device in Amaranth gateware, its host driver and its software twin.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+    for module in _command_modules():
         register = getattr(module, "register", None)
         if register is not None:
             register(sub)
     return parser
+
+
+@functools.cache
+def _command_modules() -> tuple:
+    """The subcommand modules, found once per process (a process that later drops privileges keeps them)."""
+    names = sorted(info.name for info in pkgutil.iter_modules(commands.__path__))
+    return tuple(importlib.import_module(f"{commands.__name__}.{name}") for name in names)
 
 
 def main(argv: list[str] | None = None) -> int:
