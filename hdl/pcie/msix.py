@@ -15,10 +15,11 @@ the condition clears.  Vector Control's Mask bit resets to 1, as the spec requir
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal
+from amaranth import Cat, Const, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from hdl.regbus import byte_enables, merge_bytes, size_mask
 from hdl.signatures import InterruptPort, RegisterBus
 
 
@@ -59,22 +60,14 @@ class MsixBlock(wiring.Component):
         off = Signal(16)
         m.d.comb += off.eq(regs.addr)
         lane = regs.addr[:3]
-        nbytes = Signal(4)
-        m.d.comb += nbytes.eq(1 << regs.size)
         bmask = Signal(8)
-        m.d.comb += bmask.eq(((1 << nbytes) - 1) << lane)
+        m.d.comb += bmask.eq(byte_enables(lane, regs.size))
         wdata = Signal(64)
         m.d.comb += wdata.eq(regs.wdata << (lane * 8))
         qword = Signal(64)
         done = Signal()
         m.d.comb += regs.done.eq(done)
         m.d.sync += done.eq(0)
-
-        def merge(old, new_bytes, enables, width):
-            parts = []
-            for b in range(width // 8):
-                parts.append(Mux(enables[b], new_bytes[b * 8 : b * 8 + 8], old[b * 8 : b * 8 + 8]))
-            return Cat(*parts)
 
         table_end = self.table_offset + 16 * n
         with m.If(regs.valid & ~done):
@@ -84,18 +77,17 @@ class MsixBlock(wiring.Component):
                 with m.If((off >> 3) == (base >> 3)):
                     m.d.comb += qword.eq(addrs[i])
                     with m.If(regs.write):
-                        m.d.sync += addrs[i].eq(merge(addrs[i], wdata, bmask, 64))
+                        m.d.sync += addrs[i].eq(merge_bytes(addrs[i], wdata, bmask, 0))
                 with m.If((off >> 3) == ((base + 8) >> 3)):
                     m.d.comb += qword.eq(Cat(datas[i], masks[i], Const(0, 31)))
                     with m.If(regs.write):
-                        m.d.sync += datas[i].eq(merge(datas[i], wdata[:32], bmask[:4], 32))
+                        m.d.sync += datas[i].eq(merge_bytes(datas[i], wdata, bmask, 0))
                         with m.If(bmask[4]):
                             m.d.sync += masks[i].eq(wdata[32])
             with m.If((off >> 3) == (self.pba_offset >> 3)):
                 m.d.comb += qword.eq(self.pending)  # PBA is read-only (PCIe Base 7.7.2.4)
-            size_mask = Signal(64)
-            m.d.comb += size_mask.eq(Mux(regs.size == 3, (1 << 64) - 1, (Const(1, 65) << (nbytes * 8)) - 1))
-            m.d.sync += regs.rdata.eq((qword >> (lane * 8)) & size_mask)  # unused high bytes read as 0
+            # unused high bytes read as 0
+            m.d.sync += regs.rdata.eq((qword >> (lane * 8)) & size_mask(regs.size))
         del table_end
 
         # ---- requests from the core: accepted at once, recorded as pending

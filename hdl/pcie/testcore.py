@@ -16,9 +16,10 @@ The Ethernet ports are idle (tx never valid, rx always ready).
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal
+from amaranth import Cat, Module, Signal
 from amaranth.lib import wiring
 
+from hdl.regbus import byte_enables, merge_bytes
 from hdl.signatures import VirtioCoreSignature
 
 REG_SRC = 0x100
@@ -52,17 +53,15 @@ class DmaTestCore(wiring.Component):
         copies = Signal(16)
 
         lane = regs.addr[:3]
-        nbytes = Signal(4)
-        m.d.comb += nbytes.eq(1 << regs.size)
         bmask = Signal(8)
-        m.d.comb += bmask.eq(((1 << nbytes) - 1) << lane)
+        m.d.comb += bmask.eq(byte_enables(lane, regs.size))
         wdata = Signal(64)
         m.d.comb += wdata.eq(regs.wdata << (lane * 8))
         qaddr = Signal(13)
         m.d.comb += qaddr.eq(regs.addr[3:])
 
         def merge(old: Signal) -> object:
-            return Cat(*[Mux(bmask[b], wdata[8 * b : 8 * b + 8], old[8 * b : 8 * b + 8]) for b in range(8)])
+            return merge_bytes(old, wdata, bmask, 0)
 
         qword = Signal(64)
         done = Signal()
@@ -91,7 +90,7 @@ class DmaTestCore(wiring.Component):
             with m.If(qaddr == REG_LEN // 8):
                 m.d.comb += qword.eq(Cat(length, Signal(32)))
                 with m.If(regs.write):
-                    m.d.sync += length.eq(merge(Cat(length, Signal(32)))[:32])
+                    m.d.sync += length.eq(merge(length))
                     with m.If(bmask[4]):  # control register (0x114)
                         m.d.sync += [irq_on_done.eq(wdata[33]), irq_vec.eq(wdata[40:48])]
                         m.d.comb += start.eq(wdata[32])
