@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from host.driver import DRIVER_SUPPORTED, VirtioError, VirtioPciDevice
 from host.transport import DmaBuffer, Transport
-from host.virtqueue import PackedVirtqueue, VirtqueueFull
+from host.virtqueue import PackedVirtqueue, UsedBuffer, VirtqueueFull
 from virtio_fpga import spec
 from virtio_fpga.spec import Feature, NetFeature, Status
 
@@ -58,6 +59,9 @@ class VirtioNetDriver:
         self._rx_buffers: dict[int, DmaBuffer] = {}  # by IOVA: what the RX ring holds
         self._tx_buffers: list[DmaBuffer] = []
         self._tx_free: list[DmaBuffer] = []
+        #: Called with (queue index, used buffer) for every transmit completion the driver reclaims, so an
+        #: observer (the scenario recorder) sees each one, including those reclaimed inside send().
+        self.on_tx_used: Callable[[int, UsedBuffer], None] | None = None
         self.vectors = 0
 
     @property
@@ -80,7 +84,7 @@ class VirtioNetDriver:
         self.rxq = await self._setup_queue(spec.NET_RX_QUEUE, RX_VECTOR)
         self.txq = await self._setup_queue(spec.NET_TX_QUEUE, TX_VECTOR)
         await dev.driver_ok()  # 3.1.1 step 8
-        self._refill_rx()
+        self.refill_rx()
         await self.rxq.kick()
 
     async def _read_config(self) -> None:
@@ -165,7 +169,7 @@ class VirtioNetDriver:
         vector = RX_VECTOR if vq is self.rxq else TX_VECTOR
         await self._program_queue(vq, vector)
         if vq is self.rxq:
-            self._refill_rx()
+            self.refill_rx()
             await vq.kick()
         else:
             self._tx_free.extend(self._tx_buffers)
@@ -182,7 +186,8 @@ class VirtioNetDriver:
             out.append((addr + i * step, n))
         return out
 
-    def _refill_rx(self) -> int:
+    def refill_rx(self) -> int:
+        """Post receive buffers until the ring has no room for another chain; returns how many."""
         vq = self.rxq
         assert vq is not None and self.rx_buffer_size is not None
         added = 0
@@ -230,6 +235,8 @@ class VirtioNetDriver:
             buf: DmaBuffer = used.token
             self._tx_buffers.remove(buf)
             self._tx_free.append(buf)
+            if self.on_tx_used is not None:
+                self.on_tx_used(spec.NET_TX_QUEUE, used)
         return len(done)
 
     def poll_rx(self) -> list[bytes]:
@@ -238,18 +245,23 @@ class VirtioNetDriver:
         assert vq is not None
         frames = []
         for used in vq.get_used():
-            buf: DmaBuffer = used.token
             if used.length < spec.NET_HDR.size:
                 raise VirtioError(f"receive used length {used.length} shorter than virtio_net_hdr")
-            frames.append(buf.read(spec.NET_HDR.size, used.length - spec.NET_HDR.size))
-            self._rx_buffers.pop(buf.iova, None)
-            self.transport.free_dma(buf)
+            frames.append(self.take_rx(used))
         for frame in frames:
             self.stats.frames_received += 1
             self.stats.bytes_received += len(frame)
         if frames:
-            self._refill_rx()
+            self.refill_rx()
         return frames
+
+    def take_rx(self, used: UsedBuffer) -> bytes:
+        """Release a completed receive buffer and return its frame (the bytes after virtio_net_hdr)."""
+        buf: DmaBuffer = used.token
+        frame = buf.read(spec.NET_HDR.size, max(used.length - spec.NET_HDR.size, 0))
+        self._rx_buffers.pop(buf.iova, None)
+        self.transport.free_dma(buf)
+        return frame
 
     async def receive(self, count: int, timeout: float = 1.0) -> list[bytes]:
         """Wait (on the RX interrupt, re-checking the ring) until ``count`` frames arrived or time runs out."""

@@ -28,7 +28,7 @@ from typing import Any
 from host.driver import VirtioError
 from host.net import CONFIG_VECTOR, RX_VECTOR, TX_VECTOR, VirtioNetDriver
 from host.transport import Transport
-from host.virtqueue import PackedVirtqueue, VirtqueueBroken, VirtqueueFull
+from host.virtqueue import PackedVirtqueue, UsedBuffer, VirtqueueBroken, VirtqueueFull
 from virtio_fpga import spec
 from virtio_fpga.spec import PACKED_DESC, DescFlag, Status, feature_names, status_names
 
@@ -223,7 +223,7 @@ class _Runner:
         )
         # The driver reclaims TX buffers itself before each send; a device that completes while the scenario is
         # still sending (QEMU runs concurrently) would have those completions vanish from the trace.
-        self.drv.reclaim_tx = self.reclaim_tx  # type: ignore[method-assign]
+        self.drv.on_tx_used = self.tx_used
         self.expected_rx = 0
         self.failed = False
         self.expect_error = False
@@ -247,16 +247,17 @@ class _Runner:
             self.failed = True
         return out
 
-    def reclaim_tx(self) -> int:
-        """The driver's TX reclaim, with each completion recorded (stands in for ``VirtioNetDriver.reclaim_tx``)."""
-        drv = self.drv
-        assert drv is not None and drv.txq is not None
-        done = self.record_used(1, drv.txq)
-        for used in done:
-            drv._tx_buffers.remove(used.token)
-            drv._tx_free.append(used.token)
-            self.pending[1].append(["used", 1, used.id, used.length])
-        return len(done)
+    def tx_used(self, queue: int, used: UsedBuffer) -> None:
+        self.pending[queue].append(["used", queue, used.id, used.length])
+
+    def reclaim_tx(self) -> None:
+        """The driver's TX reclaim (completions reach the trace through ``on_tx_used``); a broken ring is recorded."""
+        assert self.drv is not None
+        try:
+            self.drv.reclaim_tx()
+        except VirtqueueBroken as exc:
+            self.event("error", "VirtqueueBroken", str(exc))
+            self.failed = True
 
     async def sync(self) -> None:
         """Wait until every outstanding TX buffer is used and every expected frame arrived, then checkpoint."""
@@ -266,14 +267,11 @@ class _Runner:
         while not self.failed:
             self.reclaim_tx()
             for used in self.record_used(0, drv.rxq):
-                buf = used.token
-                frame = buf.read(spec.NET_HDR.size, max(used.length - spec.NET_HDR.size, 0))
-                drv._rx_buffers.pop(buf.iova, None)
-                self.t.free_dma(buf)
+                frame = drv.take_rx(used)
                 self.expected_rx -= 1
                 self.pending[0] += [["used", 0, used.id, used.length], ["rx", len(frame), digest(frame)]]
             if drv.rxq.num_free >= drv.rx_chain:
-                drv._refill_rx()
+                drv.refill_rx()
                 await drv.rxq.kick()
             done = drv.txq.outstanding == 0 and self.expected_rx <= 0
             status = await drv.dev.get_status()
@@ -371,6 +369,10 @@ class _Runner:
                     await drv.send(frame, kick=bool(kick))
                 except VirtqueueFull:
                     self.event("error", "VirtqueueFull", "scenario sent more than the ring holds")
+                    continue
+                except VirtqueueBroken as exc:  # the device wrote an impossible used element
+                    self.event("error", "VirtqueueBroken", str(exc))
+                    self.failed = True
                     continue
                 self.expected_rx += 1
             elif name == "kick":
