@@ -152,7 +152,9 @@ class TxDataMover(wiring.Component):
                 total = chain_bytes
                 end = Signal(PTR_BITS)
                 m.d.comb += end.eq(round_up((chain_start + total)[:PTR_BITS], rb))
-                with m.If(outs_free):
+                with m.If(self.clear):
+                    m.next = "RECV"  # a reset forgets the chain: nothing of it is handed on
+                with m.Elif(outs_free):
                     m.d.comb += [app.flush.eq(1), app.restart.eq(1), app.init_pos.eq(end)]
                     m.d.sync += [
                         frames.valid.eq(1),
