@@ -327,3 +327,93 @@ async def wait_until(ctx, cond: Callable[[], bool], limit: int, what: str) -> No
 
 def width(layout) -> int:
     return Shape.cast(layout).width
+
+
+class EthSink:
+    """Takes frames from an :class:`~hdl.signatures.EthernetStream` with random ``ready`` drops; checks the
+    stream rule and the packing (every beat but a frame's last is full, ``keep`` is contiguous from lane 0)."""
+
+    def __init__(self, port, data_width: int, rng: random.Random, p_ready: float = 0.6) -> None:
+        self.port = port
+        self.nb = data_width // 8
+        self.rng = rng
+        self.p_ready = p_ready
+        self.frames: list[bytes] = []
+        self.bad: list[bool] = []  # ``user`` on each frame's last beat
+        self.times: list[int] = []  # cycle of each frame's last beat
+        self.beats = 0
+        self.cycle = 0
+
+    async def run(self, ctx) -> None:
+        p = self.port
+        held = None
+        cur = bytearray()
+        full = (1 << self.nb) - 1
+        while True:
+            ready = self.rng.random() < self.p_ready
+            ctx.set(p.ready, ready)
+            _, _, valid, data, keep, last, user = await ctx.tick().sample(p.valid, p.data, p.keep, p.last, p.user)
+            self.cycle += 1
+            beat = (data, keep, last, user)
+            if held is not None:
+                assert valid and beat == held, "stream rule broken on the Ethernet stream"
+            held = beat if valid and not ready else None
+            if valid and ready:
+                self.beats += 1
+                n = keep.bit_length()
+                assert keep == (1 << n) - 1 and n > 0, f"keep {keep:#x} not contiguous from lane 0"
+                assert last or keep == full, "a beat before the last one is not full"
+                cur += data.to_bytes(self.nb, "little")[:n]
+                if last:
+                    self.frames.append(bytes(cur))
+                    self.bad.append(bool(user))
+                    self.times.append(self.cycle)
+                    cur = bytearray()
+
+
+class EthSource:
+    """Offers frames on an :class:`~hdl.signatures.EthernetStream` (packed beats) with random gaps."""
+
+    def __init__(
+        self,
+        port,
+        data_width: int,
+        frames: list[bytes],
+        rng: random.Random,
+        gap: float = 0.3,
+        bad: set[int] | None = None,
+    ) -> None:
+        self.port = port
+        self.nb = data_width // 8
+        self.frames = list(frames)
+        self.rng = rng
+        self.gap = gap
+        self.bad = bad or set()
+        self.sent = 0
+        self.cycle = 0
+
+    def beats(self):
+        for n, frame in enumerate(self.frames):
+            for i in range(0, len(frame), self.nb):
+                chunk = frame[i : i + self.nb]
+                last = i + self.nb >= len(frame)
+                yield int.from_bytes(chunk, "little"), (1 << len(chunk)) - 1, int(last), int(last and n in self.bad)
+
+    async def run(self, ctx) -> None:
+        p = self.port
+        it = self.beats()
+        beat = None
+        while True:
+            if beat is None and self.rng.random() >= self.gap:
+                beat = next(it, None)
+                if beat is not None:
+                    ctx.set(p.data, beat[0])
+                    ctx.set(p.keep, beat[1])
+                    ctx.set(p.last, beat[2])
+                    ctx.set(p.user, beat[3])
+            ctx.set(p.valid, beat is not None)
+            _, _, ready = await ctx.tick().sample(p.ready)
+            self.cycle += 1
+            if beat is not None and ready:
+                self.sent += beat[2]
+                beat = None
