@@ -30,6 +30,11 @@ from amaranth.sim import Simulator
 CLOCK_PERIOD = 4e-9
 
 
+def _raw(payload):
+    """A payload's bits: a ``lib.data`` view as its underlying value, a plain signal as it is."""
+    return payload.as_value() if hasattr(payload, "as_value") else payload
+
+
 def bits(layout, **fields) -> int:
     """A ``lib.data`` layout's constant as an int (so ``ctx.set`` on the payload's bits is exact)."""
     return layout.const(fields).as_bits()
@@ -55,7 +60,7 @@ class Source:
         offering = False
         while True:
             if not offering and self.sent < len(self.items) and self.rng.random() >= self.gap:
-                ctx.set(s.payload.as_value(), self.items[self.sent])
+                ctx.set(_raw(s.payload), self.items[self.sent])
                 offering = True
             ctx.set(s.valid, offering)
             _, _, ready = await ctx.tick().sample(s.ready)
@@ -85,7 +90,7 @@ class Sink:
     async def run(self, ctx) -> None:
         s = self.stream
         held = None
-        payload = s.payload.as_value() if hasattr(s.payload, "as_value") else s.payload
+        payload = _raw(s.payload)
         while True:
             ready = self.enabled and self.rng.random() < self.p_ready
             ctx.set(s.ready, ready)
