@@ -338,8 +338,9 @@ class EthSink:
     """Takes frames from an :class:`~hdl.signatures.EthernetStream` with random ``ready`` drops; checks the
     stream rule and the packing (every beat but a frame's last is full, ``keep`` is contiguous from lane 0)."""
 
-    def __init__(self, port, data_width: int, rng: random.Random, p_ready: float = 0.6) -> None:
+    def __init__(self, port, data_width: int, rng: random.Random, p_ready: float = 0.6, passive: bool = False):
         self.port = port
+        self.passive = passive  # only watch a stream between two parts of the design (``ready`` is theirs)
         self.nb = data_width // 8
         self.rng = rng
         self.p_ready = p_ready
@@ -355,9 +356,11 @@ class EthSink:
         cur = bytearray()
         full = (1 << self.nb) - 1
         while True:
-            ready = self.rng.random() < self.p_ready
-            ctx.set(p.ready, ready)
-            _, _, valid, data, keep, last, user = await ctx.tick().sample(p.valid, p.data, p.keep, p.last, p.user)
+            if not self.passive:
+                ctx.set(p.ready, self.rng.random() < self.p_ready)
+            _, _, valid, ready, data, keep, last, user = await ctx.tick().sample(
+                p.valid, p.ready, p.data, p.keep, p.last, p.user
+            )
             self.cycle += 1
             beat = (data, keep, last, user)
             if held is not None:
