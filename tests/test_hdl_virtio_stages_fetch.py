@@ -56,12 +56,12 @@ class Ring:
         return self.posted % self.size, int((self.posted // self.size) % 2 == 0)
 
 
-def make(size: int, *, use_hint: bool, seed: int, latency=(5, 60), p_ready=0.6, fail=None, **kw):
-    dut = DescFetcher(DW, **kw)
+def make(size: int, *, use_hint: bool, seed: int, latency=(5, 60), p_ready=0.6, fail=None, dw=DW, **kw):
+    dut = DescFetcher(dw, **kw)
     bench = Bench(dut, seed=seed)
     ring = Ring(size)
     sink = Sink(dut.descs, DESC_ENTRY, bench.fork(), p_ready=p_ready)
-    server = ReadServer(dut.rd, DW, ring.read, bench.fork(), latency=latency, fail=fail)
+    server = ReadServer(dut.rd, dw, ring.read, bench.fork(), latency=latency, fail=fail)
     bench.background(sink, server)
     return dut, bench, ring, sink, server
 
@@ -122,13 +122,24 @@ def hint_checker(ring: Ring, sink: Sink):
 
 
 @pytest.mark.parametrize(
-    ("size", "use_hint", "seed"),
-    [(37, True, 1), (37, False, 2), (23, True, 3), (50, False, 4)],
+    ("size", "use_hint", "seed", "dw", "p_ready", "fifo_beats"),
+    [
+        (37, True, 1, 256, 0.6, 32),
+        (37, False, 2, 256, 0.6, 32),
+        (23, True, 3, 512, 0.6, 32),
+        (50, False, 4, 128, 0.6, 32),
+        (41, True, 5, 256, 0.15, 8),  # slow consumer, small FIFO: reads are sized by the room left
+        (41, False, 6, 512, 0.15, 4),
+    ],
 )
-def test_fetcher_ring_order_across_wraps(size: int, use_hint: bool, seed: int) -> None:
+def test_fetcher_ring_order_across_wraps(
+    size: int, use_hint: bool, seed: int, dw: int, p_ready: float, fifo_beats: int
+) -> None:
     """Random batches over three laps: exactly the posted descriptors, in ring order; with the hint nothing
     beyond it is read, and several reads are in flight under latency."""
-    dut, bench, ring, sink, server = make(size, use_hint=use_hint, seed=seed)
+    dut, bench, ring, sink, server = make(
+        size, use_hint=use_hint, seed=seed, dw=dw, p_ready=p_ready, fifo_beats=fifo_beats
+    )
     if use_hint:
         server.on_request = hint_checker(ring, sink)
     rng = random.Random(seed * 77)
@@ -263,3 +274,25 @@ def test_fetcher_batch_of_64_with_hint() -> None:
     assert len(server.records) <= batches * 64 // dut.max_burst + crossings
     assert len(server.records) / (64 * batches) <= 0.25
     assert server.max_inflight >= 4, f"only {server.max_inflight} reads in flight for a batch of 64"
+
+
+@pytest.mark.parametrize("use_hint", [True, False])
+def test_fetcher_full_ring_batches(use_hint: bool) -> None:
+    """The driver fills the whole ring at once (the hint then points at the fetch position with the other wrap
+    counter: ``size`` descriptors announced, not zero), four times over."""
+    size = 24
+    dut, bench, ring, sink, server = make(size, use_hint=use_hint, seed=50 + use_hint, p_ready=0.8)
+    if use_hint:
+        server.on_request = hint_checker(ring, sink)
+
+    async def driver(ctx):
+        await setup(ctx, dut, ring, use_hint)
+        for _ in range(4):
+            for _ in range(size):
+                ring.write(ring.posted)
+                ring.posted += 1
+            await kick(ctx, dut, ring, use_hint)
+            await wait_until(ctx, lambda: len(sink.items) == ring.posted and ctx.get(dut.idle), 3000, "full ring")
+
+    bench.run(driver)
+    check_in_ring_order(sink, ring, 4 * size)
