@@ -82,7 +82,7 @@ class Sink:
         self.cycle = 0
         self.items: list = []
         self.times: list[int] = []
-        self.enabled = True
+        self.enabled = True  # False: ready stays low and a pending item may vanish (the test clears the stage)
 
     def decode(self, raw: int):
         return self.layout.from_bits(raw) if not isinstance(self.layout, int) else raw
@@ -96,6 +96,8 @@ class Sink:
             ctx.set(s.ready, ready)
             _, _, valid, raw = await ctx.tick().sample(s.valid, payload)
             self.cycle += 1
+            if held is not None and not self.enabled:
+                held = None  # the stage is being cleared (a reset may drop valid)
             if held is not None:
                 assert valid, "stream rule broken: valid dropped before ready"
                 assert raw == held, f"stream rule broken: payload changed while waiting ({held:#x} -> {raw:#x})"

@@ -296,3 +296,50 @@ def test_fetcher_full_ring_batches(use_hint: bool) -> None:
 
     bench.run(driver)
     check_in_ring_order(sink, ring, 4 * size)
+
+
+@pytest.mark.parametrize("use_hint", [True, False])
+def test_fetcher_stop_and_clear(use_hint: bool) -> None:
+    """Queue reset as the engine does it: ``run`` drops while reads are in flight and the FIFO holds descriptors,
+    the fetcher goes idle, ``clear`` empties it and goes back to position 0 / wrap 1; what the new ring then
+    offers comes out, and nothing fetched before the clear."""
+    size = 40
+    dut, bench, ring, sink, server = make(size, use_hint=use_hint, seed=60 + use_hint, p_ready=0.1)
+
+    async def driver(ctx):
+        await setup(ctx, dut, ring, use_hint)
+        for _ in range(30):
+            ring.write(ring.posted)
+            ring.posted += 1
+        await kick(ctx, dut, ring, use_hint)
+        await wait_until(ctx, lambda: len(server.records) >= 2 and server.inflight > 0, 500, "reads in flight")
+        ctx.set(dut.run, 0)
+        sink.enabled = False
+        await wait_until(ctx, lambda: ctx.get(dut.idle), 500, "idle after run dropped")
+        issued = len(server.records)
+        for _ in range(30):
+            await ctx.tick()
+            assert len(server.records) == issued, "a read issued without run"
+        old = len(sink.items)
+        assert old < 30 and ctx.get(dut.descs.valid), "the test wants descriptors left in the FIFO"
+        ctx.set(dut.clear, 1)
+        await ctx.tick()
+        ctx.set(dut.clear, 0)
+        await ctx.tick()
+        assert not ctx.get(dut.descs.valid), "descriptors survived clear"
+        ring.mem[:] = bytes(len(ring.mem))  # the driver sets the ring up again from scratch
+        ring.posted = ring.announced = 0
+        ctx.set(dut.run, 1)
+        sink.enabled = True
+        sink.p_ready = 0.7
+        for _ in range(11):
+            ring.write(ring.posted)
+            ring.posted += 1
+        await kick(ctx, dut, ring, use_hint)
+        await wait_until(ctx, lambda: len(sink.items) == old + 11 and ctx.get(dut.idle), 2000, "the new ring")
+        for _ in range(50):
+            await ctx.tick()
+        del sink.items[:old]
+
+    bench.run(driver)
+    check_in_ring_order(sink, ring, 11)
