@@ -29,7 +29,7 @@ class EthNarrower(wiring.Component):
         lanes = self.in_width // self.out_width
         ob = self.out_width // 8
         if lanes == 1:
-            wiring.connect(m, wiring.flipped(self.i), self.o)
+            _pass_through(m, self.i, self.o)
             return m
         lane = Signal(range(lanes))
         keep = self.i.keep.word_select(lane, ob)
@@ -63,7 +63,7 @@ class EthWidener(wiring.Component):
         lanes = self.out_width // self.in_width
         ib = self.in_width // 8
         if lanes == 1:
-            wiring.connect(m, wiring.flipped(self.i), self.o)
+            _pass_through(m, self.i, self.o)
             return m
         lane = Signal(range(lanes))
         data = Signal(self.out_width)
@@ -94,3 +94,10 @@ class EthWidener(wiring.Component):
                 lane.eq(Mux(done, 0, lane + 1)),
             ]
         return m
+
+
+def _pass_through(m: Module, i, o) -> None:
+    """Equal widths: wires.  (``wiring.connect`` cannot join a component's own input port to its output port:
+    from inside, both are driven from outside the pair it sees, so it refuses them as two outputs.)"""
+    m.d.comb += [o.valid.eq(i.valid), i.ready.eq(o.ready), o.data.eq(i.data), o.keep.eq(i.keep)]
+    m.d.comb += [o.last.eq(i.last), o.user.eq(i.user)]

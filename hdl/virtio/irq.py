@@ -42,9 +42,18 @@ class InterruptUnit(wiring.Component):
         turn = Signal(range(max(2, self.n)))
         isr_queue = Signal()
         m.d.comb += self.isr_set.eq(Mux(self.config, spec.ISR_CONFIG, 0) | Mux(isr_queue, spec.ISR_QUEUE, 0))
+        # A message on the port keeps its vector until accepted (stream rule, hdl/signatures.py): while one waits,
+        # neither the configuration interrupt nor the round robin may replace it.
+        waiting = Signal()
+        waiting_cfg = Signal()
+        waiting_q = Signal(range(max(2, self.n)))
+        with m.If(self.irq.valid):
+            m.d.sync += [waiting.eq(~self.irq.ready), waiting_cfg.eq(config_pending & ~(waiting & ~waiting_cfg))]
+        with m.Else():
+            m.d.sync += waiting.eq(0)
         with m.If(self.config):
             m.d.sync += config_pending.eq(1)
-        with m.If(config_pending):
+        with m.If(config_pending & ~(waiting & ~waiting_cfg)):
             vector = self.config_vector
             with m.If(~self.msix_enabled | (vector == NO_VECTOR)):
                 m.d.sync += config_pending.eq(0)
@@ -57,7 +66,7 @@ class InterruptUnit(wiring.Component):
                 req = getattr(self, f"q{i}")
                 vector = getattr(self, f"q{i}_vector")
                 others_first = [getattr(self, f"q{j}").valid for j in range(self.n) if j != i]
-                mine = req.valid & ((turn == i) | ~_any(others_first))
+                mine = req.valid & Mux(waiting, waiting_q == i, (turn == i) | ~_any(others_first))
                 with m.If(mine):
                     with m.If(~self.msix_enabled):
                         m.d.comb += [isr_queue.eq(1), req.ready.eq(1)]
@@ -65,6 +74,7 @@ class InterruptUnit(wiring.Component):
                         m.d.comb += req.ready.eq(1)
                     with m.Else():
                         m.d.comb += [self.irq.valid.eq(1), self.irq.vector.eq(vector), req.ready.eq(self.irq.ready)]
+                        m.d.sync += waiting_q.eq(i)
                         with m.If(self.irq.ready):
                             m.d.sync += self.sent.eq(self.sent + 1)
                     with m.If(req.ready):
