@@ -549,7 +549,11 @@ class DmaEngine(wiring.Component):
         head_rem = Signal(13)
         head_end = Signal(PTR_WIDTH)
         head_err = Signal()
-        m.d.comb += [head_rem.eq(tag_rem[o_tag]), head_end.eq(tag_end[o_tag]), head_err.eq(tag_err.bit_select(o_tag, 1))]
+        m.d.comb += [
+            head_rem.eq(tag_rem[o_tag]),
+            head_end.eq(tag_end[o_tag]),
+            head_err.eq(tag_err.bit_select(o_tag, 1)),
+        ]
         err_acc = Signal()
         n_out = Signal(range(nt + 1))
         retire = Signal()
@@ -744,9 +748,7 @@ class DmaEngine(wiring.Component):
         m.d.comb += s_end.eq(sending & rq["tready"] & s_tlast)
         n_present = Signal()
         m.d.comb += n_present.eq(((wfill - n_data_end)[:PTR_WIDTH]).as_signed() >= 0)
-        m.d.comb += n_take.eq(
-            n_valid & n_present & seq_ok & (~n_last | vis_fifo.w_rdy) & (~sending | s_end)
-        )
+        m.d.comb += n_take.eq(n_valid & n_present & seq_ok & (~n_last | vis_fifo.w_rdy) & (~sending | s_end))
         with m.If(sending & rq["tready"]):
             m.d.sync += s_beat.eq(s_beat + 1)
         with m.If(n_take):
