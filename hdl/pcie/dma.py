@@ -174,7 +174,9 @@ class DmaEngine(wiring.Component):
         with m.If(self.wr.done):
             m.d.sync += wr_handed.eq(wr_handed + 1)
 
-        rd_busy = self._read_side(m, rq_rd, wr_accepted + wr_fire, wr_handed)
+        fence_now = Signal(FENCE_WIDTH)  # a read accepted now waits for this many writes to be done
+        m.d.comb += fence_now.eq(wr_accepted + wr_fire)
+        rd_busy = self._read_side(m, rq_rd, fence_now, wr_handed)
         wr_busy = self._write_side(m, rq_wr)
         m.d.comb += self.busy.eq(rd_busy | wr_busy)
         return m
