@@ -9,7 +9,8 @@ It gives the tests something real to reach through every PCIe path:
   directions); bit 1 asks for MSI-X vector ``bits[15:8]`` when the copy is done; bit 2 makes it a *batch*
   of ``count`` copies, copy i from ``source + i * stride`` to ``destination + i * stride``, with every read
   and write request issued as soon as the DMA engine takes it (many reads in flight); bit 3 sets
-  ``req_after_writes`` on every read (each read waits for the writes requested before it);
+  ``req_after_writes`` on every read and alternates the requests (read i, write i, read i+1, ...), so copy i
+  may read what copy i-1 wrote (a chain);
 * a copy (or batch) is done when the DMA engine reports the last write ``visible`` (its last TLP's sequence
   number came back from the hard IP), so the MSI-X it asks for is ordered after the data (PG213 "Transmit
   Transaction Ordering");
@@ -66,7 +67,6 @@ class DmaTestCore(wiring.Component):
         copies = Signal(16)
         count = Signal(32)
         stride = Signal(32)
-        batch = Signal()
         fence = Signal()
         cycles = Signal(32)
         max_reads = Signal(32)
@@ -87,6 +87,7 @@ class DmaTestCore(wiring.Component):
         m.d.sync += done.eq(0)
         m.d.comb += regs.done.eq(done)
         start = Signal()
+        start_batch = Signal()
         fire = Signal()
         fire_vec = Signal(11)
         status = Signal(32)
@@ -112,8 +113,8 @@ class DmaTestCore(wiring.Component):
                     m.d.sync += length.eq(merge(length))
                     with m.If(bmask[4]):  # control register (0x114)
                         m.d.sync += [irq_on_done.eq(wdata[33]), irq_vec.eq(wdata[40:48])]
-                        m.d.sync += [batch.eq(wdata[34]), fence.eq(wdata[35])]
-                        m.d.comb += start.eq(wdata[32])
+                        m.d.sync += fence.eq(wdata[35])
+                        m.d.comb += [start.eq(wdata[32]), start_batch.eq(wdata[34])]
             with m.If(qaddr == REG_STATUS // 8):
                 m.d.comb += qword.eq(status)
             with m.If(qaddr == REG_IRQ // 8):
@@ -151,7 +152,7 @@ class DmaTestCore(wiring.Component):
         wr_addr = Signal(64)
         reads_out = Signal(16)  # read requests accepted whose last beat has not come
         with m.If(start & (length != 0) & ~busy):
-            m.d.comb += n.eq(Mux(batch, Mux(count[:16] == 0, 1, count[:16]), 1))
+            m.d.comb += n.eq(Mux(start_batch, Mux(count[:16] == 0, 1, count[:16]), 1))
             m.d.sync += [
                 busy.eq(1),
                 error.eq(0),
@@ -166,11 +167,13 @@ class DmaTestCore(wiring.Component):
         with m.If(busy):
             m.d.sync += cycles.eq(cycles + 1)
         m.d.comb += [
-            rd.req_valid.eq(busy & (rd_left != 0)),
+            # with the fence, read i waits until write i-1 is requested: it may read what that write puts there
+            rd.req_valid.eq(busy & (rd_left != 0) & (~fence | (wr_left <= rd_left))),
             rd.req_addr.eq(rd_addr),
             rd.req_len.eq(length),
             rd.req_after_writes.eq(fence),
-            wr.req_valid.eq(busy & (wr_left != 0)),
+            # ... and write i waits for read i (a write requested first would be in read i's fence: deadlock)
+            wr.req_valid.eq(busy & (wr_left != 0) & (~fence | (wr_left > rd_left))),
             wr.req_addr.eq(wr_addr),
             wr.req_len.eq(length),
         ]
