@@ -489,6 +489,7 @@ class _Host:
         self.seq_due: list = []  # (cycle due, seq)
         self.seq_reports: list = []  # (cycle, seq) as driven
         self.rc_starts: list = []  # (cycle, tag) first beat of each completion
+        self.rc_beats: list = []  # cycle of every RC beat
         self._order = 0
         self.max_outstanding = 0
 
@@ -569,6 +570,7 @@ class _Host:
                         ctx.set(dut.rc.tkeep, keep)
                         ctx.set(dut.rc.tlast, last)
                         ctx.set(dut.rc.tvalid, 1)
+                        self.rc_beats.append(now)
                         await ctx.tick()
                         now += 1
                     ctx.set(dut.rc.tvalid, 0)
@@ -762,9 +764,9 @@ def test_dma_read_data_released_before_its_sub_request_completes() -> None:
     assert sum(1 for c, _ in out["beats"] if c < last_cpl) >= 14
 
 
-def _read_throughput(width: int, length: int, count: int, latency: int = 125) -> dict:
+def _read_throughput(width: int, length: int, count: int, latency: int = 125, max_pieces: int = 4) -> dict:
     dut = DmaEngine(width)
-    host = _Host(dut, latency=latency, max_pieces=4, seed=2)
+    host = _Host(dut, latency=latency, max_pieces=max_pieces, seed=2)
     reqs = [(0x100 + i * ((length + 63) // 64 * 64), length, 0) for i in range(count)]
     out: dict = {}
     run_sim(dut, *host.processes(), *_reader(dut, reqs, out), deadline_cycles=40000)
@@ -778,6 +780,7 @@ def _read_throughput(width: int, length: int, count: int, latency: int = 125) ->
     return {
         "cycles_per_request": (last - first) / (count // 2),
         "beats_per_cycle": sum(1 for c, _ in out["beats"] if first <= c <= last) / (last - first + 1),
+        "rc_busy": sum(1 for c in host.rc_beats if first - 8 <= c <= last - 8) / (last - first + 1),
         "max_outstanding": host.max_outstanding,
         "issue_gaps": [b - a for a, b in zip(reads, reads[1:], strict=False)],
         "total_cycles": out["finished"],
@@ -795,13 +798,15 @@ def test_dma_read_throughput_64_bytes_at_500ns() -> None:
     assert r["cycles_per_request"] <= 5.0
 
 
-def test_dma_read_throughput_1500_bytes_at_500ns() -> None:
-    """1500-byte reads at 125 cycles of latency: the ring (8 KiB) and tags keep the completion stream busy;
-    the core sees almost one full beat per cycle."""
-    r = _read_throughput(256, 1500, 24)
-    print("1500 B reads, 256 bits, latency 125:", {k: v for k, v in r.items() if k != "issue_gaps"})
-    assert r["beats_per_cycle"] >= 0.75
-    assert r["cycles_per_request"] <= 1500 / 32 / 0.75
+@pytest.mark.parametrize("max_pieces", [4, 8])
+def test_dma_read_throughput_1500_bytes_at_500ns(max_pieces: int) -> None:
+    """1500-byte reads at 125 cycles of latency: the ring (8 KiB) and tags keep the completion stream (RC)
+    busy all the time, so the rate is what the completions carry (a 12-byte descriptor per 64..256 or
+    64..512-byte completion), not what the engine allows."""
+    r = _read_throughput(256, 1500, 24, max_pieces=max_pieces)
+    print(f"1500 B reads, 256 bits, latency 125, completions <= {64 * max_pieces} B:", r | {"issue_gaps": None})
+    assert r["rc_busy"] >= 0.97
+    assert r["beats_per_cycle"] >= (0.75 if max_pieces == 4 else 0.85)
 
 
 @pytest.mark.parametrize("width", [128, 256])
