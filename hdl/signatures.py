@@ -57,10 +57,19 @@ class RegisterBus(wiring.Signature):
 class DmaReadPort(wiring.Signature):
     """Core-issued DMA reads.
 
-    ``req``: address + byte length (1..2^16-1), accepted by ``req_ready``.  Requests complete in order.
-    ``data``: the bytes of each request, packed (see module docstring), ``last`` on its final beat.
+    ``req``: address + byte length (1..2^16-1), accepted by ``req_ready``.  Many requests may be outstanding
+    (the DMA engine queues up to ``max_read_requests`` and keeps up to ``n_tags`` read TLPs on the link); they
+    complete in order.  A new request may be accepted in every cycle.
+    ``req_after_writes`` (optional, default 0): when set with a request, none of its read TLPs goes to the PCIe
+    core before every write request accepted on the write port before this read, or in the same cycle, has
+    handed its last TLP to the PCIe core (its ``done`` pulsed).  The link then keeps the read behind those writes
+    (PCIe Base table 2-40, B2a: a read never passes a posted write), so the read observes them.  Without it,
+    reads and writes are interleaved as they come.
+    ``data``: the bytes of each request, packed (see module docstring), ``last`` on its final beat.  Beats are
+    released as the completions arrive, in order: a beat may come before later parts of its request are read.
     ``error`` is valid with ``data_valid`` on the last beat of a request whose completion was UR/CA/poisoned/
-    timed out; the data of such a request must be discarded.
+    timed out; the data of such a request must be discarded.  The last beat comes only after every byte of
+    the request has arrived (or failed).
     """
 
     def __init__(self, data_width: int) -> None:
@@ -70,6 +79,7 @@ class DmaReadPort(wiring.Signature):
                 "req_ready": In(1),
                 "req_addr": Out(64),
                 "req_len": Out(DMA_LEN_WIDTH),
+                "req_after_writes": Out(1),
                 "data_valid": In(1),
                 "data_ready": Out(1),
                 "data": In(data_width),
@@ -84,8 +94,16 @@ class DmaWritePort(wiring.Signature):
     """Core-issued DMA writes.
 
     ``req``: address + byte length, then exactly ``ceil(len / (data_width/8))`` beats of packed ``data`` with
-    ``data_last`` on the final one.  ``done`` pulses once per request, in request order, after the last TLP
-    of it has been handed to the PCIe core (posted writes: PCIe ordering then keeps a later read behind it).
+    ``data_last`` on the final one.  Requests are queued (``max_write_requests``); the next request may be
+    offered while the data of earlier ones is still flowing, and its data follows theirs.
+    ``done`` pulses once per request, in request order, after the last TLP of it has been handed to the PCIe
+    core's requester stream (posted writes: PCIe ordering then keeps a later read - and any later write - behind
+    it; a read that must see the write uses ``DmaReadPort.req_after_writes`` or waits for ``done``).
+    ``visible`` pulses once per request, in request order, at most one per cycle and never before its ``done``,
+    when the PCIe core has reported the sequence number of the request's last TLP (``pcie_rq_seq_num``): the
+    write has left the hard IP.  Only then may an MSI-X that announces the write be signalled through
+    ``cfg_interrupt_msix_*``, which the hard IP does not order with requester traffic (PG213 "Transmit
+    Transaction Ordering").  With sequence-number tracking off, ``visible`` equals ``done``.
     """
 
     def __init__(self, data_width: int) -> None:
@@ -101,6 +119,7 @@ class DmaWritePort(wiring.Signature):
                 "data_keep": Out(data_width // 8),
                 "data_last": Out(1),
                 "done": In(1),
+                "visible": In(1),
             }
         )
 

@@ -6,6 +6,8 @@ testbench without adapters:
 
 * ``user_clk``/``user_reset``; CQ (``m_axis_cq_*``, in), CC (``s_axis_cc_*``, out), RQ (``s_axis_rq_*``,
   out), RC (``m_axis_rc_*``, in); ``pcie_cq_np_req`` (out, tied to 1: always ready for non-posted requests);
+* ``pcie_rq_seq_num0/1`` and ``pcie_rq_seq_num_vld0/1`` (in): the sequence numbers of requester TLPs that
+  have left the hard IP; the DMA engine's write ``visible`` waits for them;
 * ``cfg_max_payload``, ``cfg_max_read_req``; the MSI-X external-table interface ``cfg_interrupt_msix_*``
   plus ``cfg_interrupt_msi_function_number``; the configuration-extend interface ``cfg_ext_*``;
 * two 64-bit Ethernet AXI streams (``eth_tx_*`` out, ``eth_rx_*`` in) and ``loopback_enable``: when set, the
@@ -63,6 +65,11 @@ def top_ports(data_width: int = 256) -> list[tuple[str, str, int]]:
     axis("m_axis_rc", True, data_width, kw, tu["rc"])
     ports += [
         ("pcie_cq_np_req", "out", 2),
+        # sequence numbers of RQ TLPs that have left the hard IP (PG213 "Transmit Transaction Ordering")
+        ("pcie_rq_seq_num0", "in", 6),
+        ("pcie_rq_seq_num_vld0", "in", 1),
+        ("pcie_rq_seq_num1", "in", 6),
+        ("pcie_rq_seq_num_vld1", "in", 1),
         ("cfg_max_payload", "in", 2),
         ("cfg_max_read_req", "in", 3),
         ("cfg_interrupt_msix_enable", "in", 4),
@@ -190,6 +197,10 @@ class VirtioNetEndpoint(wiring.Component):
             dma.max_payload.eq(self.cfg_max_payload),
             dma.max_read_req.eq(self.cfg_max_read_req),
             dma.requester_function.eq(0),
+            dma.rq_seq_num0.eq(self.pcie_rq_seq_num0),
+            dma.rq_seq_num_vld0.eq(self.pcie_rq_seq_num_vld0),
+            dma.rq_seq_num1.eq(self.pcie_rq_seq_num1),
+            dma.rq_seq_num_vld1.eq(self.pcie_rq_seq_num_vld1),
             core.dma_busy.eq(dma.busy),
         ]
 

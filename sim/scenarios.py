@@ -229,6 +229,67 @@ async def testcore_dma_stress(transport, copies: int = 40, max_len: int = 3000, 
     return await testcore_dma_copy(transport, cases, seed=seed)
 
 
+async def _batch(transport, src: int, dst: int, length: int, count: int, stride: int, *, fence: bool, irq: int | None):
+    await transport.bar_write(0, tc.REG_SRC, 8, src)
+    await transport.bar_write(0, tc.REG_DST, 8, dst)
+    await transport.bar_write(0, tc.REG_LEN, 4, length)
+    await transport.bar_write(0, tc.REG_COUNT, 8, count | (stride << 32))
+    ctrl = 1 | 4 | (8 if fence else 0) | ((2 | (irq << 8)) if irq is not None else 0)
+    await transport.bar_write(0, tc.REG_CTRL, 4, ctrl)
+    t_end = transport.now() + 2e-3
+    while True:
+        status = await transport.bar_read(0, tc.REG_STATUS, 4)
+        if not status & 1:
+            return status
+        if transport.now() > t_end:
+            raise TimeoutError(f"batch of {count} x {length} bytes did not finish")
+        await transport.sleep(0.5e-6)
+
+
+async def testcore_dma_batch(
+    transport, count: int = 48, length: int = 64, stride: int = 128, fence: bool = False, chain: bool = False
+) -> dict:
+    """``count`` copies with every read and write request issued as soon as the DMA engine takes it.
+
+    ``chain``: copy i reads the region copy i-1 writes (with ``fence`` each read waits for the earlier writes,
+    PCIe Base table 2-40 B2a keeps it behind them on the link), so every region must end equal to the first.
+    The copy engine raises MSI-X vector 0 once its last write is ``visible`` (sequence number back).
+    """
+    rng = random.Random(count * 7 + length)
+    await transport.enable_msix(1)
+    log = transport.bench.counters.requests
+    first = len(log)
+    if chain:
+        buf = transport.alloc_dma((count + 1) * stride, align=4096)
+        payload = bytes(rng.getrandbits(8) for _ in range(length))
+        buf.write(0, payload)
+        status = await _batch(transport, buf.iova, buf.iova + stride, length, count, stride, fence=fence, irq=0)
+        regions = [buf.read(i * stride, length) for i in range(1, count + 1)]
+        ok = [r == payload for r in regions]
+    else:
+        src = transport.alloc_dma(count * stride, align=4096)
+        dst = transport.alloc_dma(count * stride, align=4096)
+        payloads = [bytes(rng.getrandbits(8) for _ in range(length)) for _ in range(count)]
+        for i, p in enumerate(payloads):
+            src.write(i * stride, p)
+        status = await _batch(transport, src.iova, dst.iova, length, count, stride, fence=fence, irq=0)
+        ok = [dst.read(i * stride, length) == p for i, p in enumerate(payloads)]
+    irq = await transport.wait_irq(0, 20e-6)
+    cycles = await transport.bar_read(0, tc.REG_CYCLES, 4)
+    max_reads = await transport.bar_read(0, tc.REG_MAX_READS, 4)
+    tlps = log[first:]
+    return {
+        "ok": ok,
+        "error_bit": bool(status & 2),
+        "irq": irq,
+        "cycles": cycles,
+        "cycles_per_copy": cycles / count,
+        "max_reads_outstanding": max_reads,
+        "read_tlps": sum(1 for t in tlps if t[0] == "R"),
+        "write_tlps": sum(1 for t in tlps if t[0] == "W"),
+    }
+
+
 async def testcore_msix(transport) -> dict:
     """MSI-X delivery, per-vector masking with the pending bit, function masking."""
     out: dict = {}

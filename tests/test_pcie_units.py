@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import heapq
 import random
 
 import pytest
@@ -438,6 +439,526 @@ def test_dma_write_splits(width: int) -> None:
     assert sorted(memory) == list(range(addr, addr + length))
     assert bytes(memory[a] for a in range(addr, addr + length)) == payload
     assert done == [len(tlps)]  # exactly one done, after the last TLP
+
+
+# ------------------------------------------------------------------------------------------------------------
+# DMA engine: a host model with latency, split and reordered completions, back-pressure and sequence numbers
+
+
+def _be_len(desc: dict, fbe: int, lbe: int) -> tuple[int, int]:
+    """(first byte address, byte count) of a memory request from its descriptor and byte enables."""
+    lead = (fbe & -fbe).bit_length() - 1
+    tail = 4 - lbe.bit_length() if desc["dword_count"] > 1 else 4 - fbe.bit_length()
+    return (desc["addr"] << 2) + lead, desc["dword_count"] * 4 - lead - tail
+
+
+class _Host:
+    """Root complex + hard IP for the DMA engine alone, cycle by cycle.
+
+    * RQ: ``tready`` high with probability ``rq_ready``; every TLP is logged with the cycle its last beat moved.
+    * reads: answered after ``latency`` cycles (+ up to ``jitter`` per request, so tags overtake each other),
+      in completions that end on 64-byte boundaries (PCIe Base 2.3.1.1 RCB) of 1..``max_pieces`` RCB blocks,
+      per request in address order (PCIe Base 2.4.1 D5), with idle cycles between completions (``rc_gap``).
+    * writes: applied to ``memory``; their sequence numbers come back on ``rq_seq_num0`` ``seq_delay`` cycles
+      later (never while ``hold_seq`` is set).
+    """
+
+    def __init__(
+        self,
+        dut,
+        *,
+        latency: int = 125,
+        jitter: int = 0,
+        rq_ready: float = 1.0,
+        rc_gap: float = 0.0,
+        max_pieces: int = 4,
+        seq_delay: int = 6,
+        seed: int = 1,
+        mem_size: int = 1 << 18,
+    ) -> None:
+        self.dut = dut
+        self.width = dut.data_width
+        self.rng = random.Random(seed)
+        self.memory = bytearray(self.rng.getrandbits(8) for _ in range(mem_size))
+        self.initial = bytes(self.memory)
+        self.latency, self.jitter, self.rq_ready, self.rc_gap = latency, jitter, rq_ready, rc_gap
+        self.max_pieces, self.seq_delay = max_pieces, seq_delay
+        self.hold_seq = False
+        self.tlps: list[dict] = []  # kind "R"/"W", addr, len, tag, seq, cycle
+        self.pending: list = []  # heap of (cycle due, order, stream)
+        self.seq_due: list = []  # (cycle due, seq)
+        self.seq_reports: list = []  # (cycle, seq) as driven
+        self.rc_starts: list = []  # (cycle, tag) first beat of each completion
+        self.rc_beats: list = []  # cycle of every RC beat
+        self._order = 0
+        self.max_outstanding = 0
+
+    def _schedule_read(self, now: int, tag: int, addr: int, length: int) -> None:
+        t = now + self.latency + self.rng.randint(0, self.jitter)
+        pos, remaining = addr, length
+        while remaining:
+            blocks = self.rng.randint(1, self.max_pieces)
+            n = min(remaining, (pos // 64 + blocks) * 64 - pos)
+            dw_start, dw_end = pos & ~3, (pos + n + 3) & ~3
+            cpl = pack(
+                RC_DESCRIPTOR,
+                lower_addr=pos & 0xFFF,
+                byte_count=remaining,
+                dword_count=(dw_end - dw_start) // 4,
+                tag=tag,
+                request_completed=int(n == remaining),
+            )
+            stream = cpl.to_bytes(12, "little") + bytes(self.memory[dw_start:dw_end])
+            heapq.heappush(self.pending, (t, self._order, tag, stream))
+            self._order += 1
+            t += 1
+            pos += n
+            remaining -= n
+
+    def rq_sink(self):
+        dut, width = self.dut, self.width
+
+        async def proc(ctx):
+            cur, tuser0, now = b"", None, 0
+            while True:
+                ready = self.rng.random() < self.rq_ready
+                ctx.set(dut.rq.tready, ready)
+                _, _, valid, data, keep, last, tuser, out = await ctx.tick().sample(
+                    dut.rq.tvalid, dut.rq.tdata, dut.rq.tkeep, dut.rq.tlast, dut.rq.tuser, dut.rd_outstanding
+                )
+                now += 1
+                self.max_outstanding = max(self.max_outstanding, out)
+                if not (valid and ready):
+                    continue
+                tuser0 = tuser if tuser0 is None else tuser0
+                for d in range(width // 32):
+                    if keep >> d & 1:
+                        cur += ((data >> (32 * d)) & 0xFFFFFFFF).to_bytes(4, "little")
+                if not last:
+                    continue
+                desc = unpack(RQ_DESCRIPTOR, int.from_bytes(cur[:16], "little"))
+                lbo = 8 if width == 512 else 4
+                fbe, lbe = tuser0 & 0xF, (tuser0 >> lbo) & 0xF
+                seq = (tuser0 >> 61) & 0x3F if width == 512 else ((tuser0 >> 24) & 0xF) | (((tuser0 >> 60) & 3) << 4)
+                addr, length = _be_len(desc, fbe, lbe)
+                kind = "W" if desc["req_type"] == ReqType.MEM_WRITE else "R"
+                self.tlps.append(
+                    {"kind": kind, "addr": addr, "len": length, "tag": desc["tag"], "seq": seq, "cycle": now}
+                )
+                if kind == "R":
+                    self._schedule_read(now, desc["tag"], addr, length)
+                else:
+                    lead = addr & 3
+                    self.memory[addr : addr + length] = cur[16 + lead : 16 + lead + length]
+                    self.seq_due.append((now + self.seq_delay, seq))
+                cur, tuser0 = b"", None
+
+        proc.background = True
+        return proc
+
+    def rc_source(self):
+        dut = self.dut
+
+        async def proc(ctx):
+            now = 0
+            while True:
+                if self.pending and self.pending[0][0] <= now and self.rng.random() >= self.rc_gap:
+                    _, _, tag, stream = heapq.heappop(self.pending)
+                    self.rc_starts.append((now, tag))
+                    for data, keep, last in beats_of(stream, self.width):
+                        ctx.set(dut.rc.tdata, data)
+                        ctx.set(dut.rc.tkeep, keep)
+                        ctx.set(dut.rc.tlast, last)
+                        ctx.set(dut.rc.tvalid, 1)
+                        self.rc_beats.append(now)
+                        await ctx.tick()
+                        now += 1
+                    ctx.set(dut.rc.tvalid, 0)
+                else:
+                    await ctx.tick()
+                    now += 1
+
+        proc.background = True
+        return proc
+
+    def seq_source(self):
+        dut = self.dut
+
+        async def proc(ctx):
+            now = 0
+            while True:
+                ctx.set(dut.rq_seq_num_vld0, 0)
+                if self.seq_due and self.seq_due[0][0] <= now and not self.hold_seq:
+                    _, seq = self.seq_due.pop(0)
+                    ctx.set(dut.rq_seq_num0, seq)
+                    ctx.set(dut.rq_seq_num_vld0, 1)
+                    self.seq_reports.append((now, seq))
+                await ctx.tick()
+                now += 1
+
+        proc.background = True
+        return proc
+
+    def processes(self) -> list:
+        return [self.rq_sink(), self.rc_source(), self.seq_source()]
+
+
+def _reader(dut, requests: list, out: dict, *, ready_prob: float = 1.0, seed: int = 7):
+    """Core side of reads: offer ``requests`` ((addr, len, after_writes), ...) back to back; collect the data."""
+    rng = random.Random(seed)
+    width = dut.data_width
+    out.update(data=[b""] * len(requests), error=[None] * len(requests), beats=[], accepted=[])
+
+    async def issue(ctx):
+        ctx.set(dut.max_read_req, 2)  # 512 bytes
+        ctx.set(dut.max_payload, 1)  # 256 bytes
+        now = 0
+        for addr, length, after in requests:
+            ctx.set(dut.rd.req_addr, addr)
+            ctx.set(dut.rd.req_len, length)
+            ctx.set(dut.rd.req_after_writes, after)
+            ctx.set(dut.rd.req_valid, 1)
+            while True:
+                _, _, ready = await ctx.tick().sample(dut.rd.req_ready)
+                now += 1
+                if ready:
+                    out["accepted"].append(now)
+                    break
+        ctx.set(dut.rd.req_valid, 0)
+
+    async def collect(ctx):
+        now, i = 0, 0
+        while i < len(requests):
+            ready = rng.random() < ready_prob
+            ctx.set(dut.rd.data_ready, ready)
+            _, _, valid, data, keep, last, err = await ctx.tick().sample(
+                dut.rd.data_valid, dut.rd.data, dut.rd.data_keep, dut.rd.data_last, dut.rd.error
+            )
+            now += 1
+            if valid and ready:
+                n = sum(1 for k in range(width // 8) if keep >> k & 1)
+                out["data"][i] += data.to_bytes(width // 8, "little")[:n]
+                out["beats"].append((now, i))
+                if last:
+                    out["error"][i] = bool(err)
+                    i += 1
+        ctx.set(dut.rd.data_ready, 0)
+        for _ in range(8):
+            await ctx.tick()
+        out["busy_after"] = ctx.get(dut.busy)
+        out["finished"] = now
+
+    return issue, collect
+
+
+def _writer(dut, requests: list, payloads: list, out: dict, *, valid_prob: float = 1.0, seed: int = 9):
+    """Core side of writes: offer ``requests`` ((addr, len), ...) as fast as taken, data beats as fast as taken."""
+    rng = random.Random(seed)
+    nb = dut.data_width // 8
+    out.update(done=[], visible=[], req_cycles=[])
+
+    async def issue(ctx):
+        now = 0
+        for addr, length in requests:
+            ctx.set(dut.wr.req_addr, addr)
+            ctx.set(dut.wr.req_len, length)
+            ctx.set(dut.wr.req_valid, 1)
+            while True:
+                _, _, ready = await ctx.tick().sample(dut.wr.req_ready)
+                now += 1
+                if ready:
+                    out["req_cycles"].append(now)
+                    break
+        ctx.set(dut.wr.req_valid, 0)
+
+    async def data(ctx):
+        for payload in payloads:
+            for i in range(0, len(payload), nb):
+                chunk = payload[i : i + nb]
+                while rng.random() >= valid_prob:
+                    ctx.set(dut.wr.data_valid, 0)
+                    await ctx.tick()
+                ctx.set(dut.wr.data, int.from_bytes(chunk, "little"))
+                ctx.set(dut.wr.data_keep, (1 << len(chunk)) - 1)
+                ctx.set(dut.wr.data_last, i + nb >= len(payload))
+                ctx.set(dut.wr.data_valid, 1)
+                while True:
+                    _, _, ready = await ctx.tick().sample(dut.wr.data_ready)
+                    if ready:
+                        break
+        ctx.set(dut.wr.data_valid, 0)
+
+    async def watch(ctx):
+        now = 0
+        while True:
+            _, _, done, vis = await ctx.tick().sample(dut.wr.done, dut.wr.visible)
+            now += 1
+            if done:
+                out["done"].append(now)
+            if vis:
+                out["visible"].append(now)
+
+    watch.background = True
+    return issue, data, watch
+
+
+def _random_reads(rng: random.Random, count: int, max_len: int, mem_size: int) -> list:
+    reqs = []
+    for _ in range(count):
+        length = rng.randint(1, max_len)
+        addr = rng.randrange(0, mem_size - length)
+        if rng.random() < 0.2:  # near a 4 KiB boundary
+            addr = min(mem_size - length - 1, (addr | 0xFFF) - rng.randint(0, 8))
+        reqs.append((addr, length, 0))
+    return reqs
+
+
+@pytest.mark.parametrize("width", [128, 256])
+def test_dma_many_reads_in_flight_reordered_with_backpressure(width: int) -> None:
+    """40 reads of 1..1500 bytes offered back to back, answered after 125 cycles (+ jitter, so tags overtake
+    each other) in 64..256-byte completions, with RQ tready at 70 %, idle cycles on RC and the core's
+    data_ready at 80 %: every byte right, in order, and many tags in flight at once."""
+    dut = DmaEngine(width)
+    host = _Host(dut, latency=125, jitter=60, rq_ready=0.7, rc_gap=0.3, seed=11)
+    reqs = _random_reads(random.Random(5), 40, 1500, len(host.memory))
+    out: dict = {}
+    run_sim(dut, *host.processes(), *_reader(dut, reqs, out, ready_prob=0.8), deadline_cycles=12000)
+    assert out.get("finished"), "not all requests completed"
+    for i, (addr, length, _) in enumerate(reqs):
+        assert out["data"][i] == host.initial[addr : addr + length], f"request {i}"
+        assert out["error"][i] is False
+    assert host.max_outstanding >= 12
+    assert not out["busy_after"]
+    reads = [t for t in host.tlps if t["kind"] == "R"]
+    assert all(t["len"] <= 512 and t["addr"] // 4096 == (t["addr"] + t["len"] - 1) // 4096 for t in reads)
+    # completions really came out of issue order
+    starts = [tag for _, tag in host.rc_starts]
+    assert starts != sorted(starts, key=[t["tag"] for t in reads].index)
+
+
+def test_dma_read_data_released_before_its_sub_request_completes() -> None:
+    """One 512-byte read (one TLP, one tag) answered in eight 64-byte completions 40 cycles apart: the first
+    beats reach the core long before the last completion arrives (release per completion, not per tag)."""
+    dut = DmaEngine(256)
+    host = _Host(dut, latency=20, max_pieces=1, seed=3)
+    host.rc_gap = 0.0
+    reqs = [(0x1000, 512, 0)]
+    out: dict = {}
+
+    # space the completions of the one request 40 cycles apart
+    orig = host._schedule_read
+
+    def spaced(now, tag, addr, length):
+        orig(now, tag, addr, length)
+        host.pending = [(t0 + 40 * k, o, tg, s) for k, (t0, o, tg, s) in enumerate(sorted(host.pending))]
+        heapq.heapify(host.pending)
+
+    host._schedule_read = spaced
+    run_sim(dut, *host.processes(), *_reader(dut, reqs, out), deadline_cycles=2000)
+    assert out["data"][0] == host.initial[0x1000 : 0x1000 + 512]
+    assert len(host.rc_starts) == 8
+    last_cpl = host.rc_starts[-1][0]
+    first_beat = out["beats"][0][0]
+    assert first_beat < host.rc_starts[1][0] + 8, (first_beat, host.rc_starts)
+    # 14 of the 16 beats are out before the last completion has even started
+    assert sum(1 for c, _ in out["beats"] if c < last_cpl) >= 14
+
+
+def _read_throughput(width: int, length: int, count: int, latency: int = 125, max_pieces: int = 4) -> dict:
+    dut = DmaEngine(width)
+    host = _Host(dut, latency=latency, max_pieces=max_pieces, seed=2)
+    reqs = [(0x100 + i * ((length + 63) // 64 * 64), length, 0) for i in range(count)]
+    out: dict = {}
+    run_sim(dut, *host.processes(), *_reader(dut, reqs, out), deadline_cycles=40000)
+    assert out.get("finished")
+    for i, (addr, n, _) in enumerate(reqs):
+        assert out["data"][i] == host.initial[addr : addr + n]
+    # steady state: from the first beat of request count//4 to the last beat of request 3*count//4
+    first = next(c for c, i in out["beats"] if i == count // 4)
+    last = max(c for c, i in out["beats"] if i == 3 * count // 4 - 1)
+    reads = [t["cycle"] for t in host.tlps if t["kind"] == "R"]
+    return {
+        "cycles_per_request": (last - first) / (count // 2),
+        "beats_per_cycle": sum(1 for c, _ in out["beats"] if first <= c <= last) / (last - first + 1),
+        "rc_busy": sum(1 for c in host.rc_beats if first - 8 <= c <= last - 8) / (last - first + 1),
+        "max_outstanding": host.max_outstanding,
+        "issue_gaps": [b - a for a, b in zip(reads, reads[1:], strict=False)],
+        "total_cycles": out["finished"],
+    }
+
+
+def test_dma_read_throughput_64_bytes_at_500ns() -> None:
+    """64-byte reads at 125 cycles (500 ns at 250 MHz) of latency: read TLPs leave on consecutive cycles (no
+    dead cycle between core requests) and the data comes out at the 2 beats a 64-byte request needs."""
+    r = _read_throughput(256, 64, 96)
+    print("64 B reads, 256 bits, latency 125:", {k: v for k, v in r.items() if k != "issue_gaps"})
+    assert r["issue_gaps"][:31] == [1] * 31, "one read TLP per cycle until the tags run out"
+    assert r["max_outstanding"] == 32
+    # 32 tags per round trip (125 cycles + the engine's and the model's own ~20) bound it
+    assert r["cycles_per_request"] <= 5.0
+
+
+@pytest.mark.parametrize("max_pieces", [4, 8])
+def test_dma_read_throughput_1500_bytes_at_500ns(max_pieces: int) -> None:
+    """1500-byte reads at 125 cycles of latency: the ring (8 KiB) and tags keep the completion stream (RC)
+    busy all the time, so the rate is what the completions carry (a 12-byte descriptor per 64..256 or
+    64..512-byte completion), not what the engine allows."""
+    r = _read_throughput(256, 1500, 24, max_pieces=max_pieces)
+    print(f"1500 B reads, 256 bits, latency 125, completions <= {64 * max_pieces} B:", r | {"issue_gaps": None})
+    assert r["rc_busy"] >= 0.97
+    assert r["beats_per_cycle"] >= (0.75 if max_pieces == 4 else 0.85)
+
+
+@pytest.mark.parametrize("width", [128, 256])
+def test_dma_writes_back_to_back_split_and_visible(width: int) -> None:
+    """RX-like traffic: 76-byte frames and 8-byte used writes alternating, plus random 1..1200-byte writes at
+    awkward places: every byte lands, TLPs cut at MPS (256) and 4 KiB; done and visible pulse once per
+    request in order, visible only after the sequence number of the request's last TLP came back."""
+    dut = DmaEngine(width)
+    host = _Host(dut, rq_ready=0.8, seq_delay=9, seed=4)
+    rng = random.Random(8)
+    reqs = []
+    for i in range(30):
+        if i % 3 == 2:
+            length = rng.randint(1, 1200)
+            addr = rng.randrange(0x8000, 0x30000)
+            if rng.random() < 0.5:
+                addr = (addr | 0xFFF) - rng.randint(0, 40)
+        else:
+            length = 76 if i % 3 == 0 else 8
+            addr = 0x1000 + i * 128 + rng.randint(0, 3)
+        reqs.append((addr, length))
+    payloads = [bytes(rng.getrandbits(8) for _ in range(n)) for _, n in reqs]
+    out: dict = {}
+    run_sim(dut, *host.processes(), *_writer(dut, reqs, payloads, out, valid_prob=0.9), deadline_cycles=6000)
+    expect = bytearray(host.initial)
+    for (addr, n), p in zip(reqs, payloads, strict=True):
+        expect[addr : addr + n] = p
+    assert host.memory == expect
+    writes = [t for t in host.tlps if t["kind"] == "W"]
+    for t in writes:
+        assert t["len"] <= 256 and (t["addr"] // 256) == ((t["addr"] + t["len"] - 1) // 256)
+        assert t["seq"] >> 5 == 1  # write TLPs carry bit 5 of the sequence number
+    assert len(out["done"]) == len(out["visible"]) == len(reqs)
+    # the last TLP of request k is the one whose cumulative byte count reaches the sum of lengths up to k
+    ends, total, k = [], 0, 0
+    for idx, t in enumerate(writes):
+        total += t["len"]
+        if k < len(reqs) and total == sum(n for _, n in reqs[: k + 1]):
+            ends.append(idx)
+            k += 1
+    assert len(ends) == len(reqs)
+    report_cycle = {}
+    for cycle, seq in host.seq_reports:
+        report_cycle.setdefault(seq, []).append(cycle)
+    for k, idx in enumerate(ends):
+        t = writes[idx]
+        assert out["done"][k] >= t["cycle"]  # done not before the last TLP was taken by RQ
+        seq_cycles = [c for c in report_cycle[t["seq"]] if c >= t["cycle"]]
+        assert out["visible"][k] > seq_cycles[0], f"request {k} visible before its sequence number"
+        assert out["visible"][k] > out["done"][k]
+
+
+def test_dma_write_throughput_no_dead_cycles() -> None:
+    """40 pairs of a 76-byte frame and an 8-byte used element with RQ always ready: after the first TLP, the
+    write TLPs follow each other with no idle cycle on RQ (3 + 1 beats per pair at 256 bits)."""
+    dut = DmaEngine(256)
+    host = _Host(dut, seed=6)
+    reqs = []
+    for i in range(40):
+        reqs += [(0x2000 + i * 128, 76), (0x10000 + i * 16, 8)]
+    payloads = [bytes((i * 7 + k) & 0xFF for k in range(n)) for i, (_, n) in enumerate(reqs)]
+    out: dict = {}
+    run_sim(dut, *host.processes(), *_writer(dut, reqs, payloads, out), deadline_cycles=3000)
+    assert len(out["visible"]) == len(reqs)
+    cycles = [t["cycle"] for t in host.tlps]
+    span = cycles[-1] - cycles[0]
+    beats = sum((16 + (t["addr"] & 3) + t["len"] + 31) // 32 for t in host.tlps[1:])
+    print(f"writes: {len(host.tlps)} TLPs, {beats} beats in {span} cycles ({span / 40:.2f} cycles per pair)")
+    assert span == beats  # every cycle carries a beat
+    assert span / 40 <= 4.0
+
+
+def test_dma_visible_waits_for_sequence_numbers_and_never_hangs() -> None:
+    """With the sequence-number reports held back, writes are done (taken by RQ) but never visible, at most
+    31 write TLPs go out unacknowledged; released reports make them visible in order.  A report that never
+    comes is assumed after seq_timeout_cycles (counted), so the engine does not hang."""
+    dut = DmaEngine(256, seq_timeout_cycles=300)
+    host = _Host(dut, seed=12)
+    reqs = [(0x3000 + i * 64, 40) for i in range(40)]
+    payloads = [bytes([i]) * 40 for i in range(40)]
+    out: dict = {}
+    log: dict = {}
+
+    async def control(ctx):
+        host.hold_seq = True
+        for _ in range(200):
+            await ctx.tick()
+        log["tlps_held"] = len(host.tlps)
+        log["done_held"] = len(out["done"])
+        log["visible_held"] = len(out["visible"])
+        host.hold_seq = False
+        for _ in range(300):
+            await ctx.tick()
+        log["visible_after"] = len(out["visible"])
+        # now drop every report: the timeout makes the rest visible
+        host.seq_delay = 10**9
+        for i in range(8):
+            reqs2 = (0x9000 + i * 64, 16)
+            ctx.set(dut.wr.req_addr, reqs2[0])
+            ctx.set(dut.wr.req_len, reqs2[1])
+            ctx.set(dut.wr.req_valid, 1)
+            while True:
+                _, _, ready = await ctx.tick().sample(dut.wr.req_ready)
+                if ready:
+                    break
+            ctx.set(dut.wr.req_valid, 0)
+            ctx.set(dut.wr.data, 0x55)
+            ctx.set(dut.wr.data_keep, 0xFFFF)
+            ctx.set(dut.wr.data_last, 1)
+            ctx.set(dut.wr.data_valid, 1)
+            while True:
+                _, _, ready = await ctx.tick().sample(dut.wr.data_ready)
+                if ready:
+                    break
+            ctx.set(dut.wr.data_valid, 0)
+        for _ in range(800):
+            await ctx.tick()
+        log["visible_end"] = len(out["visible"])
+        log["seq_timeouts"] = ctx.get(dut.wr_seq_timeouts)
+        log["busy_end"] = ctx.get(dut.busy)
+
+    issue, data, watch = _writer(dut, reqs, payloads, out)
+    run_sim(dut, *host.processes(), issue, data, watch, control, deadline_cycles=2000)
+    assert log["tlps_held"] == 31  # MAX_UNACKED_WRITE_TLPS
+    assert log["done_held"] == 31 and log["visible_held"] == 0
+    assert log["visible_after"] == 40
+    assert log["visible_end"] == 48 and log["seq_timeouts"] >= 1
+    assert not log["busy_end"]
+
+
+@pytest.mark.parametrize("fence", [True, False])
+def test_dma_read_after_writes_fence(fence: bool) -> None:
+    """A 2000-byte write and a read offered in the same cycle: with ``req_after_writes`` the read TLP goes to RQ
+    only after the write's last TLP; without it the arbiter lets it through first (so the check can fail)."""
+    dut = DmaEngine(256)
+    host = _Host(dut, latency=10, seed=13)
+    wreq = [(0x5000, 2000)]
+    payload = [bytes(range(256)) * 7 + bytes(208)]
+    rreq = [(0x5000, 64, int(fence))]
+    wout: dict = {}
+    rout: dict = {}
+    issue_w, data_w, watch = _writer(dut, wreq, [payload[0][:2000]], wout, valid_prob=0.5)
+    issue_r, collect = _reader(dut, rreq, rout)
+    run_sim(dut, *host.processes(), issue_w, data_w, watch, issue_r, collect, deadline_cycles=3000)
+    kinds = [t["kind"] for t in host.tlps]
+    assert kinds.count("W") == 8 and kinds.count("R") == 1
+    assert wout["req_cycles"][0] == rout["accepted"][0]  # offered and taken together
+    if fence:
+        assert kinds == ["W"] * 8 + ["R"]
+        assert rout["data"][0] == payload[0][:64]  # and the read returns what was written
+    else:
+        assert kinds.index("R") < 7
 
 
 # ------------------------------------------------------------------------------------------------------------

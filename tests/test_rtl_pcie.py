@@ -179,3 +179,26 @@ def test_host_driver_on_the_transport() -> None:
     assert r["frames_received"] == r["frames_intact"] == 8
     assert r["guard_bytes_ok"]
     assert sum(r["interrupts"].values()) > 0
+
+
+def test_dma_batch_many_reads_in_flight() -> None:
+    """48 copies of 64 bytes and 12 of 1500 with every request issued as soon as the DMA engine takes it: all
+    data right, many reads outstanding at once, and the copy's MSI-X after its last write became visible
+    (pcie_rq_seq_num came back from the model)."""
+    r = scenario("testcore_dma_batch", {"count": 48, "length": 64, "stride": 128})
+    assert all(r["ok"]) and not r["error_bit"] and r["irq"]
+    assert r["max_reads_outstanding"] >= 8
+    assert r["read_tlps"] == 48 and r["write_tlps"] == 48
+    r = scenario("testcore_dma_batch", {"count": 12, "length": 1500, "stride": 1536}, backpressure=True)
+    assert all(r["ok"]) and not r["error_bit"] and r["irq"]
+    assert r["max_reads_outstanding"] >= 2
+
+
+def test_dma_read_after_write_fence_chain() -> None:
+    """Copy i reads what copy i-1 wrote, its read requested right after that write: with req_after_writes the
+    read waits for the write's TLPs, so the data propagates down the whole chain; without it the reads overtake
+    the writes and the chain breaks (the check can fail)."""
+    r = scenario("testcore_dma_batch", {"count": 10, "length": 300, "stride": 512, "fence": True, "chain": True})
+    assert all(r["ok"]) and r["irq"]
+    r = scenario("testcore_dma_batch", {"count": 10, "length": 300, "stride": 512, "fence": False, "chain": True})
+    assert not all(r["ok"])

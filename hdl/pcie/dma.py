@@ -2,28 +2,55 @@
 
 Reads (PG213 "Requester Request Interface", "Requester Completion Interface"; PCIe Base 2.2.7, 2.3.1.1):
 
-* a core request (address, length) is split into memory-read TLPs of at most Max_Read_Request_Size
-  (``cfg_max_read_req``, capped at :attr:`DmaEngine.max_read_chunk`) that never cross a 4 KiB boundary
-  (PCIe Base 2.2.7: "Requests must not specify an Address/Length combination which causes a Memory Space
-  access to cross a 4-KB boundary");
-* up to ``n_tags`` reads are outstanding at once (the user supplies tags: "client tag" mode);
+* core requests are queued (``max_read_requests`` accepted and not yet delivered) and each is split into
+  memory-read TLPs of at most Max_Read_Request_Size (``cfg_max_read_req``, capped at
+  :attr:`DmaEngine.max_read_chunk`) that never cross a 4 KiB boundary (PCIe Base 2.2.7).  The splitter takes the
+  next queued request in the cycle it issues the last TLP of the current one, so back-to-back small requests
+  issue one TLP per cycle;
+* up to ``n_tags`` reads are outstanding at once (the user supplies tags: "client tag" mode).  Tags come from
+  a free-tag FIFO (no priority encoder);
 * completions may be split (PCIe Base 2.3.1.1) and may arrive out of order between tags.  Every completion is
-  written straight to its place in a *reorder ring*: the ring holds each core request's bytes at their offset
-  from the request's start, so the byte rotation that turns dword-aligned completion payload into the packed
-  convention happens on the way in, and the way out reads whole ring words in order.  The place of a
-  completion follows from its descriptor alone: ``byte_count`` says how many bytes of the request remain
-  (PCIe Base 2.2.9), so the first byte sits at ``len - byte_count`` in the sub-request;
-* a sub-request's data is released to the core in issue order; a completion with an error (UR, CA, poisoned,
-  or an error code from the hard IP) or no completion within ``timeout_cycles`` marks the sub-request failed,
-  and its core request ends with ``error`` on the last beat - never a hang.
+  written straight to its place in a *reorder ring* of ``ring_bytes``: the ring holds each core request's bytes
+  at their offset from the request's start, so the byte rotation that turns dword-aligned completion payload
+  into the packed convention happens on the way in.  The place follows from the descriptor alone:
+  ``byte_count`` says how many bytes of the request remain (PCIe Base 2.2.9);
+* release is per completion, not per sub-request: the completions of one request come in address order
+  (PCIe Base 2.4.1, table 2-40 D5), so a tag's state is just "bytes still missing at its end" (``byte_count``
+  minus this completion's bytes).  The oldest outstanding sub-request's end minus that count is the end of the
+  in-order prefix, and the core gets every ring word below it - the first beats of a 512-byte sub-request go
+  out while its later completions are still on the link;
+* a completion with an error (UR, CA, poisoned, or an error code from the hard IP) or no completion within
+  ``timeout_cycles`` marks the sub-request failed, and its core request ends with ``error`` on the last beat -
+  never a hang.  The last beat of a request waits until all of its sub-requests are finished;
+* a request with ``req_after_writes`` set issues no TLP before every write request accepted on the write port
+  before it (or in the same cycle) has had its ``done`` (last TLP accepted on RQ).  RQ is one stream into the hard
+  IP, which keeps its order, and on the link a read never passes a posted write (PCIe Base table 2-40, B2a):
+  the read therefore observes those writes.
 
-Writes (PCIe Base 2.2.7 Max_Payload_Size; PG213 "Requester Request Interface"): the core's packed data is
-stored in a ring, then cut into memory-write TLPs of at most Max_Payload_Size (``cfg_max_payload``, capped at
-:attr:`DmaEngine.max_write_chunk`), split at 4 KiB boundaries; each TLP is sent only when all its data is in
-the ring, so a TLP never stalls half way.  ``done`` pulses after the last TLP of a request was accepted.
+Writes (PCIe Base 2.2.7 Max_Payload_Size; PG213 "Requester Request Interface"): requests are queued
+(``max_write_requests``), the core's packed data is stored in a ring of ``write_ring_bytes``, then cut into
+memory-write TLPs of at most Max_Payload_Size (``cfg_max_payload``, capped at :attr:`DmaEngine.max_write_chunk`),
+split at MPS-aligned (and so 4 KiB) boundaries; each TLP is sent only when all its data is in the ring, so a TLP
+never stalls half way.  The next TLP is planned while the current one is sent and starts in the cycle after
+its last beat.  ``done`` pulses as the last beat of a request's last TLP is accepted by the PCIe core (RQ
+``tready``).
+
+Sequence numbers (PG213 "Transmit Transaction Ordering"): the MSI-X interface ``cfg_interrupt_msix_*`` is not
+ordered with RQ traffic, so an interrupt that announces a write must wait until that write has left the hard
+IP.  Every write TLP carries a sequence number in ``tuser`` with bit 5 set (reads carry 0, bit 5 clear, and
+their reports are ignored); the hard IP reports it on ``pcie_rq_seq_num0/1`` with ``_vld`` once the TLP has
+been transmitted.  Write TLPs leave in order, so the engine keeps a count of acknowledged write TLPs and
+``visible`` pulses, once per write request and in request order, when the request's last TLP is acknowledged.
+At most 31 write TLPs are unacknowledged at a time (5 bits of the number identify them).  A report that never
+comes (the hard IP drops a TLP while Bus Master Enable is clear) is assumed after ``seq_timeout_cycles`` and
+counted in ``wr_seq_timeouts``, so the engine never hangs.
+
+The requester arbiter takes reads and writes round-robin, holds a grant from a TLP's first beat to its
+``tlast``, and registers its output (full rate: a beat moves whenever the output register is empty or drains).
 
 Both rings are two banks of words (even and odd), so one cycle can touch any two consecutive words: a
-rotated completion beat lands in two words, an unaligned write TLP beat is read from two words.
+rotated completion beat lands in two words, an unaligned write TLP beat is read from two words.  The read
+ring is read through a synchronous port (block RAM) behind a one-beat output stage.
 """
 
 from __future__ import annotations
@@ -45,6 +72,9 @@ from hdl.pcie.tlp import (
 from hdl.signatures import DMA_LEN_WIDTH, DmaReadPort, DmaWritePort
 
 PTR_WIDTH = 24  # ring positions are kept as free-running byte counters, ring index = low bits
+FENCE_WIDTH = 24  # write-request counters for the read-after-write fence (wide: no wrap while a read waits)
+WSEQ_WIDTH = 8  # write-TLP counters (sent / acknowledged), 5 low bits go on the wire
+MAX_UNACKED_WRITE_TLPS = 31
 
 
 def rotate_left(m: Module, value: Signal, amount: Signal, lanes: int, lane_bits: int, name: str) -> Signal:
@@ -57,26 +87,54 @@ def rotate_left(m: Module, value: Signal, amount: Signal, lanes: int, lane_bits:
 
 
 class DmaEngine(wiring.Component):
-    """The requester side of the endpoint."""
+    """The requester side of the endpoint.
+
+    Parameters (defaults cover about 1 us of round trip at the link rate that matches the width: 256 bits is
+    Gen3 x8, 7.88 GB/s, so 8 KiB in flight):
+
+    * ``n_tags`` (32): read TLPs outstanding.  PCIe allows 32 without the Extended Tag Field (PCIe Base
+      2.2.6.2); the US+ hard IP has no status port for that Device Control bit, so more are not used.
+    * ``ring_bytes`` (``32 * data_width`` = 8 KiB at 256 bits): read reorder ring, the read bytes in flight.
+    * ``max_read_requests`` (32): core read requests accepted and not yet delivered.
+    * ``write_ring_bytes`` (4096), ``max_write_requests`` (16): write staging ring and queued write requests.
+    * ``seq_num_tracking`` (True): ``visible`` waits for ``pcie_rq_seq_num``; False makes it equal ``done``.
+    """
 
     def __init__(
         self,
         data_width: int = 256,
         n_tags: int = 32,
-        ring_bytes: int = 4096,
+        ring_bytes: int | None = None,
         max_read_chunk: int = 512,
         max_write_chunk: int = 512,
         timeout_cycles: int = 1 << 16,
+        *,
+        max_read_requests: int = 32,
+        write_ring_bytes: int = 4096,
+        max_write_requests: int = 16,
+        seq_num_tracking: bool = True,
+        seq_timeout_cycles: int = 4096,
     ) -> None:
         check_data_width(data_width)
-        assert n_tags <= 32, "without extended tags PCIe allows 32 tags (PCIe Base 2.2.6.2)"
-        assert ring_bytes >= 2 * max(max_read_chunk, max_write_chunk) + data_width // 8
+        if ring_bytes is None:
+            ring_bytes = 32 * data_width
+        assert 2 <= n_tags <= 32, "without extended tags PCIe allows 32 tags (PCIe Base 2.2.6.2)"
+        nb = data_width // 8
+        for size in (ring_bytes, write_ring_bytes):
+            assert size & (size - 1) == 0, "ring sizes are powers of two"
+        assert ring_bytes >= 2 * max_read_chunk + nb
+        assert write_ring_bytes >= 2 * max_write_chunk + nb
         self.data_width = data_width
         self.n_tags = n_tags
         self.ring_bytes = ring_bytes
+        self.write_ring_bytes = write_ring_bytes
         self.max_read_chunk = max_read_chunk
         self.max_write_chunk = max_write_chunk
+        self.max_read_requests = max_read_requests
+        self.max_write_requests = max_write_requests
         self.timeout_cycles = timeout_cycles
+        self.seq_num_tracking = seq_num_tracking
+        self.seq_timeout_cycles = seq_timeout_cycles
         super().__init__(
             {
                 "rd": In(DmaReadPort(data_width)),
@@ -86,30 +144,40 @@ class DmaEngine(wiring.Component):
                 "max_payload": In(2),  # cfg_max_payload: 128 << n bytes
                 "max_read_req": In(3),  # cfg_max_read_req: 128 << n bytes
                 "requester_function": In(8),
+                # pcie_rq_seq_num0/1 and their valids from the hard IP (1 is used at 512 bits only)
+                "rq_seq_num0": In(6),
+                "rq_seq_num_vld0": In(1),
+                "rq_seq_num1": In(6),
+                "rq_seq_num_vld1": In(1),
                 "busy": Out(1),
                 "rd_outstanding": Out(range(n_tags + 1)),
                 "rd_errors": Out(16),
                 "rd_timeouts": Out(16),
+                "wr_seq_timeouts": Out(16),
             }
         )
 
     # ------------------------------------------------------------------------------------------------
     def elaborate(self, platform: object) -> Module:
         m = Module()
-        w = self.data_width
-        nb = w // 8  # bytes per beat
-        dw_per_beat = w // 32
-        ring_words = self.ring_bytes // nb
-        bank_depth = ring_words // 2
-        word_bits = (ring_words - 1).bit_length()
-        nt = self.n_tags
-
         rq_rd = self._rq_source(m, "rd")
         rq_wr = self._rq_source(m, "wr")
         self._rq_arbiter(m, [rq_rd, rq_wr])
 
-        rd_busy = self._read_side(m, rq_rd, nb, dw_per_beat, ring_words, bank_depth, word_bits, nt)
-        wr_busy = self._write_side(m, rq_wr, nb, dw_per_beat, ring_words, bank_depth, word_bits)
+        # write-request counters for the read-after-write fence
+        wr_accepted = Signal(FENCE_WIDTH)
+        wr_handed = Signal(FENCE_WIDTH)
+        wr_fire = Signal()
+        m.d.comb += wr_fire.eq(self.wr.req_valid & self.wr.req_ready)
+        with m.If(wr_fire):
+            m.d.sync += wr_accepted.eq(wr_accepted + 1)
+        with m.If(self.wr.done):
+            m.d.sync += wr_handed.eq(wr_handed + 1)
+
+        fence_now = Signal(FENCE_WIDTH)  # a read accepted now waits for this many writes to be done
+        m.d.comb += fence_now.eq(wr_accepted + wr_fire)
+        rd_busy = self._read_side(m, rq_rd, fence_now, wr_handed)
+        wr_busy = self._write_side(m, rq_wr)
         m.d.comb += self.busy.eq(rd_busy | wr_busy)
         return m
 
@@ -123,48 +191,48 @@ class DmaEngine(wiring.Component):
             "tuser": Signal(tuser_widths(w)["rq"], name=f"rq_{name}_tuser"),
             "tvalid": Signal(name=f"rq_{name}_tvalid"),
             "tready": Signal(name=f"rq_{name}_tready"),
+            "mark": Signal(name=f"rq_{name}_mark"),  # this beat ends a write request: pulse `done` as it leaves
         }
 
     def _rq_arbiter(self, m: Module, sources: list[dict]) -> None:
-        """Round-robin between TLP sources; a grant holds from the first beat to ``tlast``."""
-        locked = Signal()
-        grant = Signal(range(len(sources)))
-        last_grant = Signal(range(len(sources)))
-        choice = Signal(range(len(sources)))
-        # prefer the source that did not go last
-        other = Signal(range(len(sources)))
-        m.d.comb += other.eq(~last_grant if len(sources) == 2 else 0)
-        with m.If(Array(s["tvalid"] for s in sources)[other]):
-            m.d.comb += choice.eq(other)
-        with m.Else():
-            m.d.comb += choice.eq(last_grant)
-        current = Signal(range(len(sources)))
-        m.d.comb += current.eq(Mux(locked, grant, choice))
+        """Round-robin between two TLP sources into a registered RQ output; a grant holds until ``tlast``."""
+        assert len(sources) == 2
+        rq = self.rq
+        locked = Signal()  # a TLP of `grant` is half way through
+        grant = Signal()
+        last = Signal()  # the source that ended the previous TLP: the other one goes first
+        sel = Signal()
+        load = Signal()
+        m.d.comb += load.eq(~rq.tvalid | rq.tready)
+        other_valid = Mux(last, sources[0]["tvalid"], sources[1]["tvalid"])
+        m.d.comb += sel.eq(Mux(locked, grant, Mux(other_valid, ~last, last)))
+        fields = ("tdata", "tkeep", "tlast", "tuser", "tvalid", "mark")
+        mark = Signal()  # the beat in the output register ends a write request
+        chosen = {k: Mux(sel, sources[1][k], sources[0][k]) for k in fields}
         for i, src in enumerate(sources):
-            with m.If(current == i):
-                for k in ("tdata", "tkeep", "tlast", "tuser", "tvalid"):
-                    m.d.comb += getattr(self.rq, k).eq(src[k])
-                m.d.comb += src["tready"].eq(self.rq.tready)
-        # A grant holds while a beat waits for tready too: AXI-stream forbids withdrawing tvalid.
-        with m.If(self.rq.tvalid):
-            m.d.sync += grant.eq(current)
-            with m.If(self.rq.tready):
-                m.d.sync += [last_grant.eq(current), locked.eq(~self.rq.tlast)]
-            with m.Else():
-                m.d.sync += locked.eq(1)
+            m.d.comb += src["tready"].eq(load & (sel == i))
+        with m.If(load):
+            m.d.sync += rq.tvalid.eq(chosen["tvalid"])
+            with m.If(chosen["tvalid"]):
+                m.d.sync += [getattr(rq, k).eq(chosen[k]) for k in ("tdata", "tkeep", "tlast", "tuser")]
+                m.d.sync += mark.eq(chosen["mark"])
+                m.d.sync += [grant.eq(sel), locked.eq(~chosen["tlast"])]
+                with m.If(chosen["tlast"]):
+                    m.d.sync += last.eq(sel)
+        m.d.comb += self.wr.done.eq(rq.tvalid & rq.tready & mark)
 
     # ------------------------------------------------------------------------------------------------
-    def _ring(self, m: Module, name: str, bank_depth: int) -> tuple[list, list]:
+    def _ring(self, m: Module, name: str, bank_depth: int, read_domain: str) -> tuple[list, list]:
         w = self.data_width
         wports, rports = [], []
         for b in range(2):
             mem = Memory(shape=unsigned(w), depth=bank_depth, init=[])
             m.submodules[f"{name}_bank{b}"] = mem
             wports.append(mem.write_port(granularity=8))
-            rports.append(mem.read_port(domain="comb"))
+            rports.append(mem.read_port(domain=read_domain))
         return wports, rports
 
-    def _rq_descriptor(self, m: Module, addr, nbytes, req_type, tag, name: str):
+    def _rq_descriptor(self, m, addr, nbytes, req_type, tag, name: str):
         """RQ descriptor + byte enables for a memory request of ``nbytes`` (>= 1) at byte address ``addr``."""
         desc = Signal(RQ_DESCRIPTOR, name=f"{name}_desc")
         a3 = addr[:2]
@@ -191,118 +259,162 @@ class DmaEngine(wiring.Component):
         ]
         return desc, (first_be, last_be), dwords
 
-    # ------------------------------------------------------------------------------------------------
-    def _read_side(self, m, rq, nb, dw_per_beat, ring_words, bank_depth, word_bits, nt):
-        rd = self.rd
-        wports, rports = self._ring(m, "rdring", bank_depth)
+    def _limit(self, m: Module, code: Signal, cap: int, name: str) -> Signal:
+        """128 << code bytes (MPS / MRRS encoding), capped at ``cap`` (registered: it changes only by config)."""
+        out = Signal(13, name=name, init=min(128, cap))
+        m.d.sync += out.eq(Mux((Const(128, 13) << code) > cap, cap, Const(128, 13) << code))
+        return out
 
-        # ---- core requests waiting to be drained, and per-request error results (in order)
-        m.submodules.rd_drain_fifo = drain_fifo = fifo.SyncFIFO(width=PTR_WIDTH + DMA_LEN_WIDTH, depth=4)
-        m.submodules.rd_err_fifo = err_fifo = fifo.SyncFIFO(width=1, depth=4)
-        m.submodules.rd_order_fifo = order_fifo = fifo.SyncFIFO(width=5 + 1, depth=nt)
+    # ------------------------------------------------------------------------------------------------
+    def _read_side(self, m, rq, fence_now, wr_handed):
+        rd = self.rd
+        nb = self.data_width // 8
+        nbits = (nb - 1).bit_length()
+        ring_words = self.ring_bytes // nb
+        word_bits = (ring_words - 1).bit_length()
+        nt = self.n_tags
+        tbits = (nt - 1).bit_length()
+        wports, rports = self._ring(m, "rdring", ring_words // 2, "sync")
+
+        # ---- queues: requests to split, requests to deliver, their error results, sub-requests in issue order
+        req_layout = [64, DMA_LEN_WIDTH, PTR_WIDTH, FENCE_WIDTH, 1]
+        m.submodules.rd_req_fifo = req_fifo = fifo.SyncFIFO(width=sum(req_layout), depth=4)
+        m.submodules.rd_drain_fifo = drain_fifo = fifo.SyncFIFO(
+            width=PTR_WIDTH + DMA_LEN_WIDTH, depth=self.max_read_requests
+        )
+        m.submodules.rd_err_fifo = err_fifo = fifo.SyncFIFO(width=1, depth=self.max_read_requests)
+        m.submodules.rd_order_fifo = order_fifo = fifo.SyncFIFO(width=tbits + 2, depth=nt)
+        m.submodules.rd_free_fifo = free_fifo = fifo.SyncFIFO(width=tbits, depth=nt)
 
         alloc_ptr = Signal(PTR_WIDTH)  # next free ring byte (word aligned)
         drain_ptr = Signal(PTR_WIDTH)  # ring bytes below this are free
-        avail_ptr = Signal(PTR_WIDTH)  # end of the completed, in-order prefix of sub-requests
+        avail_ptr = Signal(PTR_WIDTH)  # end of the in-order prefix of received bytes
 
-        # ---- per-tag bookkeeping
-        tag_free = Signal(nt, init=(1 << nt) - 1)
-        tag_pos = Array(Signal(PTR_WIDTH, name=f"tag{i}_pos") for i in range(nt))
-        tag_len = Array(Signal(13, name=f"tag{i}_len") for i in range(nt))
-        tag_done = Signal(nt)
+        # ---- per-tag state: ring position of the sub-request's end, bytes still missing at that end, error
+        tag_end = Array(Signal(PTR_WIDTH, name=f"tag{i}_end") for i in range(nt))
+        tag_rem = Array(Signal(13, name=f"tag{i}_rem") for i in range(nt))
         tag_err = Signal(nt)
-        tick_div = 64
-        age_limit = max(2, self.timeout_cycles // tick_div)
-        tag_age = [Signal(range(age_limit + 1), name=f"tag{i}_age") for i in range(nt)]
-        tick_cnt = Signal(range(tick_div))
-        tick = Signal()
-        m.d.sync += tick_cnt.eq(tick_cnt + 1)
-        m.d.comb += tick.eq(tick_cnt == tick_div - 1)
-
-        set_done = Signal(nt)
+        tag_busy = Signal(nt)  # issued and not yet retired
+        set_issue = Signal(nt)
         set_err = Signal(nt)
-        clr_state = Signal(nt)  # tag (re)issued
+        set_cpl = Signal(nt)
+        clr_busy = Signal(nt)
+        issue_len = Signal(13)
+        issue_end = Signal(PTR_WIDTH)
+        cpl_rem = Signal(13)  # bytes missing after the completion that ends this cycle
 
-        # ---- issuer
+        # ---- accept core requests
+        req_len_rounded = Signal(PTR_WIDTH)
+        m.d.comb += req_len_rounded.eq(((rd.req_len + nb - 1) >> nbits) << nbits)
+        m.d.comb += rd.req_ready.eq(req_fifo.w_rdy & drain_fifo.w_rdy)
+        with m.If(rd.req_valid & rd.req_ready):
+            m.d.comb += [
+                req_fifo.w_en.eq(1),
+                req_fifo.w_data.eq(Cat(rd.req_addr, rd.req_len, alloc_ptr, fence_now, rd.req_after_writes)),
+                drain_fifo.w_en.eq(1),
+                drain_fifo.w_data.eq(Cat(alloc_ptr, rd.req_len)),
+            ]
+            m.d.sync += alloc_ptr.eq(alloc_ptr + req_len_rounded)
+
+        # ---- splitter
         active = Signal()
         cur_addr = Signal(64)
         cur_rem = Signal(DMA_LEN_WIDTH)
         cur_pos = Signal(PTR_WIDTH)
-        mrrs = Signal(13)
-        m.d.comb += mrrs.eq(
-            Mux(
-                (Const(128, 13) << self.max_read_req) > self.max_read_chunk,
-                self.max_read_chunk,
-                Const(128, 13) << self.max_read_req,
-            )
-        )
+        cur_fence = Signal(FENCE_WIDTH)
+        cur_after = Signal()
+        mrrs = self._limit(m, self.max_read_req, self.max_read_chunk, "rd_mrrs")
         to_4k = Signal(13)
         m.d.comb += to_4k.eq(0x1000 - cur_addr[:12])
         lim = Signal(13)
         m.d.comb += lim.eq(Mux(to_4k < mrrs, to_4k, mrrs))
         chunk = Signal(13)
         m.d.comb += chunk.eq(Mux(cur_rem < lim, cur_rem, lim))
+        cur_zero = Signal()
+        m.d.comb += cur_zero.eq(cur_rem == 0)
+        last_chunk = Signal()
+        m.d.comb += last_chunk.eq(cur_rem <= lim)
 
-        free_tag = Signal(5)
+        fresh = Signal(range(nt + 1))  # tags never used since reset: fresh .. nt-1
+        tag = Signal(tbits)
         have_tag = Signal()
-        for i in reversed(range(nt)):
-            with m.If(tag_free[i]):
-                m.d.comb += [free_tag.eq(i), have_tag.eq(1)]
+        m.d.comb += [
+            have_tag.eq((fresh != nt) | free_fifo.r_rdy),
+            tag.eq(Mux(fresh != nt, fresh, free_fifo.r_data)),
+        ]
         space_ok = Signal()
         m.d.comb += space_ok.eq(((cur_pos + chunk - drain_ptr)[:PTR_WIDTH]) <= self.ring_bytes)
+        fence_ok = Signal()
+        m.d.comb += fence_ok.eq(~cur_after | ((wr_handed - cur_fence)[:FENCE_WIDTH].as_signed() >= 0))
+        with m.If(active & cur_after & fence_ok):
+            m.d.sync += cur_after.eq(0)  # latched: the write counter may run far ahead later
 
-        req_len_rounded = Signal(PTR_WIDTH)
-        m.d.comb += req_len_rounded.eq(((rd.req_len + nb - 1) // nb) * nb)
-        m.d.comb += rd.req_ready.eq(~active & drain_fifo.w_rdy)
-        with m.If(rd.req_valid & rd.req_ready):
-            m.d.comb += [drain_fifo.w_en.eq(1), drain_fifo.w_data.eq(Cat(alloc_ptr, rd.req_len))]
-            m.d.sync += [
-                cur_addr.eq(rd.req_addr),
-                cur_rem.eq(rd.req_len),
-                cur_pos.eq(alloc_ptr),
-                alloc_ptr.eq(alloc_ptr + req_len_rounded),
-                active.eq(rd.req_len != 0),
-            ]
-            with m.If(rd.req_len == 0):
-                # nothing to fetch: the request completes with an error (the interface requires len >= 1)
-                m.d.comb += [err_fifo.w_en.eq(1), err_fifo.w_data.eq(1)]
-
-        desc, (rd_fbe, rd_lbe), _ = self._rq_descriptor(m, cur_addr, chunk, ReqType.MEM_READ, free_tag, "rdreq")
-        issue = Signal()
-        m.d.comb += issue.eq(active & have_tag & space_ok & order_fifo.w_rdy)
+        desc, (rd_fbe, rd_lbe), _ = self._rq_descriptor(m, cur_addr, chunk, ReqType.MEM_READ, tag, "rdreq")
+        tlp_ok = Signal()
+        m.d.comb += tlp_ok.eq(active & ~cur_zero & have_tag & space_ok & order_fifo.w_rdy & fence_ok)
         m.d.comb += [
-            rq["tvalid"].eq(issue),
+            rq["tvalid"].eq(tlp_ok),
             rq["tdata"].eq(desc.as_value()),
             rq["tkeep"].eq((1 << 4) - 1),
             rq["tlast"].eq(1),
             rq["tuser"].eq(rq_tuser(self.data_width, rd_fbe, rd_lbe, Const(1, 1), Const(1, 1), Const(3, 4))),
         ]
-        with m.If(issue & rq["tready"]):
+        tlp_fire = Signal()
+        zero_fire = Signal()
+        m.d.comb += [
+            tlp_fire.eq(tlp_ok & rq["tready"]),
+            zero_fire.eq(active & cur_zero & order_fifo.w_rdy),
+        ]
+        finishing = Signal()
+        m.d.comb += finishing.eq(zero_fire | (tlp_fire & last_chunk))
+        q_addr, q_len, q_pos, q_fence, q_after = (Signal(n, name=f"rdq_{i}") for i, n in enumerate(req_layout))
+        m.d.comb += Cat(q_addr, q_len, q_pos, q_fence, q_after).eq(req_fifo.r_data)
+        with m.If(req_fifo.r_rdy & (~active | finishing)):
+            m.d.comb += req_fifo.r_en.eq(1)
             m.d.sync += [
-                tag_pos[free_tag].eq(cur_pos),
-                tag_len[free_tag].eq(chunk),
+                active.eq(1),
+                cur_addr.eq(q_addr),
+                cur_rem.eq(q_len),
+                cur_pos.eq(q_pos),
+                cur_fence.eq(q_fence),
+                cur_after.eq(q_after),
+            ]
+        with m.Elif(finishing):
+            m.d.sync += active.eq(0)
+        with m.Elif(tlp_fire):
+            m.d.sync += [
                 cur_addr.eq(cur_addr + chunk),
                 cur_rem.eq(cur_rem - chunk),
                 cur_pos.eq(cur_pos + chunk),
             ]
-            with m.If(cur_rem == chunk):
-                m.d.sync += active.eq(0)
-            m.d.comb += [order_fifo.w_en.eq(1), order_fifo.w_data.eq(Cat(free_tag, cur_rem == chunk))]
+        with m.If(tlp_fire):
+            m.d.comb += [issue_len.eq(chunk), issue_end.eq(cur_pos + chunk)]
+            m.d.comb += [order_fifo.w_en.eq(1), order_fifo.w_data.eq(Cat(tag, last_chunk, Const(0, 1)))]
+            with m.If(fresh != nt):
+                m.d.sync += fresh.eq(fresh + 1)
+            with m.Else():
+                m.d.comb += free_fifo.r_en.eq(1)
             for i in range(nt):
-                with m.If(free_tag == i):
-                    m.d.comb += clr_state[i].eq(1)
+                with m.If(tag == i):
+                    m.d.comb += set_issue[i].eq(1)
+        with m.If(zero_fire):  # nothing to fetch: the request completes with an error (len >= 1 is required)
+            m.d.comb += [order_fifo.w_en.eq(1), order_fifo.w_data.eq(Cat(Const(0, tbits), Const(1, 1), Const(1, 1)))]
 
-        # ---- completions: always accepted (ring space was reserved when the read was issued)
-        rc = self.rc
-        m.d.comb += rc.tready.eq(1)
+        # ---- completions: always accepted (ring space was reserved when the read was issued); one input register
+        m.d.comb += self.rc.tready.eq(1)
+        rc_data = Signal(self.data_width)
+        rc_last = Signal()
+        rc_valid = Signal()
+        m.d.sync += [rc_data.eq(self.rc.tdata), rc_last.eq(self.rc.tlast), rc_valid.eq(self.rc.tvalid)]
         in_tlp = Signal()  # a multi-beat completion is being received
         cdesc = Signal(RC_DESCRIPTOR)
-        m.d.comb += cdesc.eq(rc.tdata[:96])
-        h_tag = Signal(5)
+        m.d.comb += cdesc.eq(rc_data[:96])
+        h_tag = Signal(tbits)
         h_base = Signal(PTR_WIDTH)  # ring position of stream byte 0 of beat 0
         h_lo = Signal(16)  # stream bytes [h_lo, h_hi) are payload to keep
         h_hi = Signal(16)
         h_ok = Signal()
+        h_rem = Signal(13)
         h_beat = Signal(range(1 << 12))
 
         la3 = cdesc.lower_addr[:2]
@@ -310,34 +422,46 @@ class DmaEngine(wiring.Component):
         m.d.comb += n_payload.eq((cdesc.dword_count << 2) - la3)
         n_valid = Signal(14)
         m.d.comb += n_valid.eq(Mux(cdesc.byte_count < n_payload, cdesc.byte_count, n_payload))
-        c_tag = Signal(5)
-        m.d.comb += c_tag.eq(cdesc.tag[:5])
+        c_tag = Signal(tbits)
+        m.d.comb += c_tag.eq(cdesc.tag[:tbits])
+        c_known = Signal()
+        m.d.comb += c_known.eq((cdesc.tag < nt) & tag_busy.bit_select(c_tag, 1))
         c_err = Signal()
-        m.d.comb += c_err.eq((cdesc.error_code != 0) | (cdesc.status != 0) | cdesc.poisoned | (cdesc.tag >= nt))
-        c_last = Signal()
-        m.d.comb += c_last.eq(cdesc.request_completed | (cdesc.byte_count <= n_payload))
+        m.d.comb += c_err.eq((cdesc.error_code != 0) | (cdesc.status != 0) | cdesc.poisoned)
+        c_rem = Signal(13)
+        m.d.comb += c_rem.eq(Mux(cdesc.request_completed, 0, cdesc.byte_count - n_valid))
         c_base = Signal(PTR_WIDTH)
-        m.d.comb += c_base.eq(tag_pos[c_tag] + tag_len[c_tag] - cdesc.byte_count - la3 - 12)
+        m.d.comb += c_base.eq(tag_end[c_tag] - cdesc.byte_count - la3 - 12)
 
         base = Signal(PTR_WIDTH)
         lo = Signal(16)
         hi = Signal(16)
         ok = Signal()
         beat_idx = Signal(range(1 << 12))
-        tag_now = Signal(5)
+        tag_now = Signal(tbits)
+        rem_now = Signal(13)
         with m.If(~in_tlp):
             m.d.comb += [
                 base.eq(c_base),
                 lo.eq(12 + la3),
                 hi.eq(12 + la3 + n_valid),
-                ok.eq(~c_err & ~tag_free.bit_select(c_tag, 1)),
+                ok.eq(~c_err & c_known),
                 beat_idx.eq(0),
                 tag_now.eq(c_tag),
+                rem_now.eq(c_rem),
             ]
         with m.Else():
-            m.d.comb += [base.eq(h_base), lo.eq(h_lo), hi.eq(h_hi), ok.eq(h_ok), beat_idx.eq(h_beat), tag_now.eq(h_tag)]
+            m.d.comb += [
+                base.eq(h_base),
+                lo.eq(h_lo),
+                hi.eq(h_hi),
+                ok.eq(h_ok),
+                beat_idx.eq(h_beat),
+                tag_now.eq(h_tag),
+                rem_now.eq(h_rem),
+            ]
 
-        with m.If(rc.tvalid):
+        with m.If(rc_valid):
             with m.If(~in_tlp):
                 m.d.sync += [
                     h_base.eq(c_base),
@@ -345,39 +469,37 @@ class DmaEngine(wiring.Component):
                     h_hi.eq(12 + la3 + n_valid),
                     h_tag.eq(c_tag),
                     h_ok.eq(ok),
+                    h_rem.eq(c_rem),
                     h_beat.eq(1),
                 ]
-                with m.If(c_err & (cdesc.tag < nt)):
+                with m.If(c_err & c_known):
                     for i in range(nt):
                         with m.If(c_tag == i):
-                            m.d.comb += [set_err[i].eq(1), set_done[i].eq(1)]
+                            m.d.comb += set_err[i].eq(1)
+                with m.If(c_err):
                     m.d.sync += self.rd_errors.eq(self.rd_errors + 1)
             with m.Else():
                 m.d.sync += h_beat.eq(h_beat + 1)
-            m.d.sync += in_tlp.eq(~rc.tlast)
-
-        h_complete = Signal()
-        with m.If(rc.tvalid & ~in_tlp):
-            m.d.sync += h_complete.eq(c_last & ~c_err)
-        with m.If(rc.tvalid & rc.tlast):
-            with m.If(Mux(in_tlp, h_complete, c_last) & ok):
-                for i in range(nt):
-                    with m.If(tag_now == i):
-                        m.d.comb += set_done[i].eq(1)
+            m.d.sync += in_tlp.eq(~rc_last)
+        with m.If(rc_valid & rc_last & ok):
+            m.d.comb += cpl_rem.eq(rem_now)
+            for i in range(nt):
+                with m.If(tag_now == i):
+                    m.d.comb += set_cpl[i].eq(1)
 
         # the ring write of this beat: stream bytes s = beat*nb + l go to ring byte base + s
         pos = Signal(PTR_WIDTH)
         m.d.comb += pos.eq(base + beat_idx * nb)
         rot = Signal(range(nb))
-        m.d.comb += rot.eq(pos[: (nb - 1).bit_length()])
+        m.d.comb += rot.eq(pos[:nbits])
         word = Signal(word_bits)
-        m.d.comb += word.eq(pos[(nb - 1).bit_length() :])
+        m.d.comb += word.eq(pos[nbits:])
         en = Signal(nb)
         for lane in range(nb):
             s = Signal(16, name=f"rc_s{lane}")
             m.d.comb += s.eq(beat_idx * nb + lane)
-            m.d.comb += en[lane].eq((s >= lo) & (s < hi) & ok & rc.tvalid)
-        data_rot = rotate_left(m, rc.tdata, rot, nb, 8, "rc_data")
+            m.d.comb += en[lane].eq((s >= lo) & (s < hi) & ok & rc_valid)
+        data_rot = rotate_left(m, rc_data, rot, nb, 8, "rc_data")
         en_rot = rotate_left(m, en, rot, nb, 1, "rc_en")
         hi_part = Signal(nb)  # rotated lanes >= rot belong to `word`, the others to `word + 1`
         for lane in range(nb):
@@ -392,48 +514,73 @@ class DmaEngine(wiring.Component):
                 m.d.comb += [wp.addr.eq(word1[1:]), wp.data.eq(data_rot), wp.en.eq(en_rot & ~hi_part)]
 
         # ---- completion timeout (PCIe Base 2.8): a tag outstanding for too long fails
+        tick_div = 64
+        age_limit = max(2, self.timeout_cycles // tick_div)
+        tick_cnt = Signal(range(tick_div))
+        tick = Signal()
+        m.d.sync += tick_cnt.eq(tick_cnt + 1)
+        m.d.comb += tick.eq(tick_cnt == tick_div - 1)
+        timed_out = Signal()
         for i in range(nt):
-            outstanding = ~tag_free[i] & ~tag_done[i]
-            with m.If(clr_state[i] | ~outstanding):
-                m.d.sync += tag_age[i].eq(0)
+            age = Signal(range(age_limit + 1), name=f"tag{i}_age")
+            waiting = tag_busy[i] & (tag_rem[i] != 0)
+            with m.If(set_issue[i] | ~waiting):
+                m.d.sync += age.eq(0)
             with m.Elif(tick):
-                with m.If(tag_age[i] == age_limit):
-                    m.d.comb += [set_err[i].eq(1), set_done[i].eq(1)]
-                    m.d.sync += self.rd_timeouts.eq(self.rd_timeouts + 1)
+                with m.If(age == age_limit):
+                    m.d.comb += [set_err[i].eq(1), timed_out.eq(1)]
                 with m.Else():
-                    m.d.sync += tag_age[i].eq(tag_age[i] + 1)
+                    m.d.sync += age.eq(age + 1)
+        with m.If(timed_out):
+            m.d.sync += self.rd_timeouts.eq(self.rd_timeouts + 1)
 
-        # ---- retire sub-requests in issue order
-        o_tag = Signal(5)
+        for i in range(nt):
+            with m.If(set_issue[i]):
+                m.d.sync += [tag_end[i].eq(issue_end), tag_rem[i].eq(issue_len), tag_err[i].eq(0)]
+            with m.Elif(set_err[i]):
+                m.d.sync += [tag_rem[i].eq(0), tag_err[i].eq(1)]
+            with m.Elif(set_cpl[i]):
+                m.d.sync += tag_rem[i].eq(cpl_rem)
+        m.d.sync += tag_busy.eq((tag_busy | set_issue) & ~clr_busy)
+
+        # ---- retire sub-requests in issue order; the oldest one's received prefix is what may be delivered
+        o_tag = Signal(tbits)
         o_last = Signal()
-        m.d.comb += [o_tag.eq(order_fifo.r_data[:5]), o_last.eq(order_fifo.r_data[5])]
+        o_zero = Signal()
+        m.d.comb += Cat(o_tag, o_last, o_zero).eq(order_fifo.r_data)
+        head_rem = Signal(13)
+        head_end = Signal(PTR_WIDTH)
+        head_err = Signal()
+        m.d.comb += [
+            head_rem.eq(tag_rem[o_tag]),
+            head_end.eq(tag_end[o_tag]),
+            head_err.eq(tag_err.bit_select(o_tag, 1)),
+        ]
         err_acc = Signal()
-        release = Signal(nt)
-        with m.If(order_fifo.r_rdy & tag_done.bit_select(o_tag, 1) & (err_fifo.w_rdy | ~o_last)):
+        n_out = Signal(range(nt + 1))
+        retire = Signal()
+        m.d.comb += retire.eq(order_fifo.r_rdy & (o_zero | (head_rem == 0)) & (err_fifo.w_rdy | ~o_last))
+        with m.If(order_fifo.r_rdy & ~o_zero):
+            m.d.sync += avail_ptr.eq(head_end - head_rem)
+        with m.If(retire):
             m.d.comb += order_fifo.r_en.eq(1)
-            m.d.sync += avail_ptr.eq(tag_pos[o_tag] + tag_len[o_tag])
-            for i in range(nt):
-                with m.If(o_tag == i):
-                    m.d.comb += release[i].eq(1)
+            with m.If(~o_zero):
+                m.d.comb += [free_fifo.w_en.eq(1), free_fifo.w_data.eq(o_tag)]
+                for i in range(nt):
+                    with m.If(o_tag == i):
+                        m.d.comb += clr_busy[i].eq(1)
             with m.If(o_last):
-                m.d.comb += [err_fifo.w_en.eq(1), err_fifo.w_data.eq(err_acc | tag_err.bit_select(o_tag, 1))]
+                m.d.comb += [err_fifo.w_en.eq(1), err_fifo.w_data.eq(err_acc | head_err | o_zero)]
                 m.d.sync += err_acc.eq(0)
             with m.Else():
-                m.d.sync += err_acc.eq(err_acc | tag_err.bit_select(o_tag, 1))
-
-        m.d.sync += [
-            tag_free.eq((tag_free & ~clr_state) | release),
-            tag_done.eq((tag_done & ~clr_state) | set_done),
-            tag_err.eq((tag_err & ~clr_state) | set_err),
-        ]
-        n_out = Signal(range(nt + 1))
-        m.d.comb += n_out.eq(sum((~tag_free[i]).as_unsigned() for i in range(nt)))
+                m.d.sync += err_acc.eq(err_acc | head_err)
+        m.d.sync += n_out.eq(n_out + tlp_fire - (retire & ~o_zero))
         m.d.comb += self.rd_outstanding.eq(n_out)
 
-        # ---- drain: ring words to the core, in order
+        # ---- deliver: ring words to the core, in order, through the synchronous read port and one output stage
         d_base = Signal(PTR_WIDTH)
         d_len = Signal(DMA_LEN_WIDTH)
-        m.d.comb += [d_base.eq(drain_fifo.r_data[:PTR_WIDTH]), d_len.eq(drain_fifo.r_data[PTR_WIDTH:])]
+        m.d.comb += Cat(d_base, d_len).eq(drain_fifo.r_data)
         d_beat = Signal(DMA_LEN_WIDTH)
         d_off = Signal(PTR_WIDTH)
         m.d.comb += d_off.eq(d_beat * nb)
@@ -444,122 +591,189 @@ class DmaEngine(wiring.Component):
         d_pos = Signal(PTR_WIDTH)
         m.d.comb += d_pos.eq(d_base + d_off)
         d_word = Signal(word_bits)
-        m.d.comb += d_word.eq(d_pos[(nb - 1).bit_length() :])
-        for b in range(2):
-            m.d.comb += rports[b].addr.eq(d_word[1:])
-        # The beat's bytes are complete when the in-order prefix reaches its end (signed: the prefix may
-        # still end in the padding before this request).
+        m.d.comb += d_word.eq(d_pos[nbits:])
+        # A beat's bytes are complete when the in-order prefix reaches its end (signed: the prefix may still end
+        # in the padding before this request); the last beat also waits for the request's error result.
         margin = Signal(PTR_WIDTH)
         m.d.comb += margin.eq(avail_ptr - d_pos - nb)
-        d_ready = Signal()
-        m.d.comb += d_ready.eq(
+        d_avail = Signal()
+        m.d.comb += d_avail.eq(
             drain_fifo.r_rdy & Mux(d_last, err_fifo.r_rdy, err_fifo.r_rdy | (margin.as_signed() >= 0))
         )
-        m.d.comb += [
-            rd.data_valid.eq(d_ready),
-            rd.data.eq(Mux(d_word[0], rports[1].data, rports[0].data)),
-            rd.data_last.eq(d_last),
-            rd.error.eq(d_last & err_fifo.r_data),
-        ]
-        for lane in range(nb):
-            m.d.comb += rd.data_keep[lane].eq(d_rem > lane)
-        with m.If(rd.data_valid & rd.data_ready):
-            m.d.sync += drain_ptr.eq(d_pos + nb)
+        b_valid = Signal()
+        b_last = Signal()
+        b_err = Signal()
+        b_bank = Signal()
+        b_keep = Signal(nb)
+        advance = Signal()
+        m.d.comb += advance.eq(d_avail & (~b_valid | rd.data_ready))
+        for b in range(2):
+            m.d.comb += [rports[b].addr.eq(d_word[1:]), rports[b].en.eq(advance)]
+        with m.If(advance):
+            m.d.sync += [
+                b_valid.eq(1),
+                b_last.eq(d_last),
+                b_err.eq(d_last & err_fifo.r_data),
+                b_bank.eq(d_word[0]),
+                b_keep.eq(Cat(d_rem > lane for lane in range(nb))),
+                drain_ptr.eq(d_pos + nb),
+            ]
             with m.If(d_last):
                 m.d.sync += d_beat.eq(0)
                 m.d.comb += [drain_fifo.r_en.eq(1), err_fifo.r_en.eq(1)]
             with m.Else():
                 m.d.sync += d_beat.eq(d_beat + 1)
-
-        return active | drain_fifo.r_rdy | (n_out != 0)
+        with m.Elif(rd.data_ready):
+            m.d.sync += b_valid.eq(0)
+        m.d.comb += [
+            rd.data_valid.eq(b_valid),
+            rd.data.eq(Mux(b_bank, rports[1].data, rports[0].data)),
+            rd.data_last.eq(b_last),
+            rd.error.eq(b_err),
+            rd.data_keep.eq(b_keep),
+        ]
+        return active | req_fifo.r_rdy | drain_fifo.r_rdy | b_valid | (n_out != 0) | order_fifo.r_rdy
 
     # ------------------------------------------------------------------------------------------------
-    def _write_side(self, m, rq, nb, dw_per_beat, ring_words, bank_depth, word_bits):
+    def _write_side(self, m, rq):
         wr = self.wr
-        wports, rports = self._ring(m, "wrring", bank_depth)
-        m.submodules.wr_job_fifo = job_fifo = fifo.SyncFIFO(width=64 + DMA_LEN_WIDTH + PTR_WIDTH, depth=4)
+        nb = self.data_width // 8
         nbits = (nb - 1).bit_length()
+        dw_per_beat = self.data_width // 32
+        ring_words = self.write_ring_bytes // nb
+        word_bits = (ring_words - 1).bit_length()
+        wports, rports = self._ring(m, "wrring", ring_words // 2, "comb")
+        m.submodules.wr_job_fifo = job_fifo = fifo.SyncFIFO(
+            width=64 + DMA_LEN_WIDTH + PTR_WIDTH, depth=self.max_write_requests
+        )
 
         walloc = Signal(PTR_WIDTH)
         wfill = Signal(PTR_WIDTH)  # ring bytes below this hold data
         wfree = Signal(PTR_WIDTH)  # ring bytes below this may be overwritten
-        in_data = Signal()
-        beats_left = Signal(DMA_LEN_WIDTH)
+        beats_pending = Signal(DMA_LEN_WIDTH + 6)  # data beats of accepted requests not yet received
 
+        # ---- accept requests (queued) and data (for the oldest request still short of data)
         req_beats = Signal(DMA_LEN_WIDTH)
         m.d.comb += req_beats.eq((wr.req_len + nb - 1) >> nbits)
-        m.d.comb += wr.req_ready.eq(~in_data & job_fifo.w_rdy & (wr.req_len != 0))
-        with m.If(wr.req_valid & wr.req_ready):
+        m.d.comb += wr.req_ready.eq(job_fifo.w_rdy & (wr.req_len != 0))
+        req_fire = Signal()
+        m.d.comb += req_fire.eq(wr.req_valid & wr.req_ready)
+        with m.If(req_fire):
             m.d.comb += [job_fifo.w_en.eq(1), job_fifo.w_data.eq(Cat(wr.req_addr, wr.req_len, walloc))]
-            m.d.sync += [
-                walloc.eq(walloc + (req_beats << nbits)),
-                in_data.eq(1),
-                beats_left.eq(req_beats),
-                wfill.eq(walloc),
-            ]
+            m.d.sync += walloc.eq(walloc + (req_beats << nbits))
         space = Signal()
-        m.d.comb += space.eq(((wfill + nb - wfree)[:PTR_WIDTH]) <= self.ring_bytes)
-        m.d.comb += wr.data_ready.eq(in_data & space)
+        m.d.comb += space.eq(((wfill + nb - wfree)[:PTR_WIDTH]) <= self.write_ring_bytes)
+        m.d.comb += wr.data_ready.eq((beats_pending != 0) & space)
+        beat_fire = Signal()
+        m.d.comb += beat_fire.eq(wr.data_valid & wr.data_ready)
+        m.d.sync += beats_pending.eq(beats_pending + Mux(req_fire, req_beats, 0) - beat_fire)
         fill_word = Signal(word_bits)
         m.d.comb += fill_word.eq(wfill[nbits:])
         for b in range(2):
             m.d.comb += [wports[b].addr.eq(fill_word[1:]), wports[b].data.eq(wr.data)]
-        with m.If(wr.data_valid & wr.data_ready):
+        with m.If(beat_fire):
             for b in range(2):
                 with m.If(fill_word[0] == b):
                     m.d.comb += wports[b].en.eq(wr.data_keep)
-            m.d.sync += [wfill.eq(wfill + nb), beats_left.eq(beats_left - 1)]
-            with m.If(beats_left == 1):
-                m.d.sync += in_data.eq(0)
+            m.d.sync += wfill.eq(wfill + nb)
 
-        # ---- TLP builder
+        # ---- planner: the next TLP of the oldest job, computed while the current one is sent
         j_addr = Signal(64)
         j_len = Signal(DMA_LEN_WIDTH)
         j_base = Signal(PTR_WIDTH)
         m.d.comb += Cat(j_addr, j_len, j_base).eq(job_fifo.r_data)
-        off = Signal(DMA_LEN_WIDTH)  # bytes of the job already sent
+        off = Signal(DMA_LEN_WIDTH)  # bytes of the job already planned
         t_addr = Signal(64)
         m.d.comb += t_addr.eq(j_addr + off)
         rem = Signal(DMA_LEN_WIDTH)
         m.d.comb += rem.eq(j_len - off)
-        mps = Signal(13)
-        m.d.comb += mps.eq(
-            Mux(
-                (Const(128, 13) << self.max_payload) > self.max_write_chunk,
-                self.max_write_chunk,
-                Const(128, 13) << self.max_payload,
-            )
-        )
+        mps = self._limit(m, self.max_payload, self.max_write_chunk, "wr_mps")
         # Split at Max_Payload_Size-aligned boundaries (and so at 4 KiB ones): PCIe Base 2.2.7.
         to_bound = Signal(13)
         m.d.comb += to_bound.eq(mps - (t_addr[:12] & (mps - 1)))
         chunk = Signal(13)
         m.d.comb += chunk.eq(Mux(rem < to_bound, rem, to_bound))
-        t_pos = Signal(PTR_WIDTH)
-        m.d.comb += t_pos.eq(j_base + off)
 
+        n_valid = Signal()
+        n_addr = Signal(64)
+        n_chunk = Signal(13)
+        n_pos = Signal(PTR_WIDTH)
+        n_data_end = Signal(PTR_WIDTH)  # n_pos + n_chunk
+        n_last = Signal()
+        n_job_end = Signal(PTR_WIDTH)  # ring end of the job (whole words)
+        n_take = Signal()
+        with m.If(job_fifo.r_rdy & (~n_valid | n_take)):
+            m.d.sync += [
+                n_valid.eq(1),
+                n_addr.eq(t_addr),
+                n_chunk.eq(chunk),
+                n_pos.eq(j_base + off),
+                n_data_end.eq(j_base + off + chunk),
+                n_last.eq(rem == chunk),
+                n_job_end.eq(j_base + (((j_len + nb - 1) >> nbits) << nbits)),
+            ]
+            with m.If(rem == chunk):
+                m.d.comb += job_fifo.r_en.eq(1)
+                m.d.sync += off.eq(0)
+            with m.Else():
+                m.d.sync += off.eq(off + chunk)
+        with m.Elif(n_take):
+            m.d.sync += n_valid.eq(0)
+
+        # ---- write-TLP sequence numbers (PG213 "Transmit Transaction Ordering")
+        w_sent = Signal(WSEQ_WIDTH)  # write TLPs started
+        w_acked = Signal(WSEQ_WIDTH)  # write TLPs the hard IP reported as transmitted
+        m.submodules.wr_vis_fifo = vis_fifo = fifo.SyncFIFO(width=WSEQ_WIDTH, depth=32)
+        seq_ok = Signal()
+        if self.seq_num_tracking:
+            m.d.comb += seq_ok.eq((w_sent - w_acked)[:WSEQ_WIDTH] < MAX_UNACKED_WRITE_TLPS)
+            self._seq_tracker(m, w_sent, w_acked)
+        else:
+            m.d.comb += seq_ok.eq(1)
+
+        # ---- sender
         sending = Signal()
         s_beat = Signal(range(1 << 8))
         s_chunk = Signal(13)
         s_addr = Signal(64)
         s_pos = Signal(PTR_WIDTH)
+        s_data_end = Signal(PTR_WIDTH)
         s_last_tlp = Signal()
+        s_job_end = Signal(PTR_WIDTH)
+        s_seq = Signal(WSEQ_WIDTH)
         desc, (wr_fbe, wr_lbe), dwords = self._rq_descriptor(m, s_addr, s_chunk, ReqType.MEM_WRITE, 0, "wrreq")
         total_dw = Signal(12)
         m.d.comb += total_dw.eq(4 + dwords)
-
-        data_present = Signal()
-        m.d.comb += data_present.eq(((wfill - (t_pos + chunk))[:PTR_WIDTH]).as_signed() >= 0)
-        with m.If(~sending & job_fifo.r_rdy & data_present):
+        s_tlast = Signal()
+        m.d.comb += s_tlast.eq(((s_beat + 1) * dw_per_beat) >= total_dw)
+        s_end = Signal()
+        m.d.comb += s_end.eq(sending & rq["tready"] & s_tlast)
+        n_present = Signal()
+        m.d.comb += n_present.eq(((wfill - n_data_end)[:PTR_WIDTH]).as_signed() >= 0)
+        m.d.comb += n_take.eq(n_valid & n_present & seq_ok & (~n_last | vis_fifo.w_rdy) & (~sending | s_end))
+        with m.If(sending & rq["tready"]):
+            m.d.sync += s_beat.eq(s_beat + 1)
+        with m.If(n_take):
             m.d.sync += [
                 sending.eq(1),
                 s_beat.eq(0),
-                s_chunk.eq(chunk),
-                s_addr.eq(t_addr),
-                s_pos.eq(t_pos),
-                s_last_tlp.eq(rem == chunk),
-                off.eq(off + chunk),
+                s_chunk.eq(n_chunk),
+                s_addr.eq(n_addr),
+                s_pos.eq(n_pos),
+                s_data_end.eq(n_data_end),
+                s_last_tlp.eq(n_last),
+                s_job_end.eq(n_job_end),
+                s_seq.eq(w_sent),
+                w_sent.eq(w_sent + 1),
             ]
+        with m.Elif(s_end):
+            m.d.sync += sending.eq(0)
+        with m.If(s_end):
+            with m.If(s_last_tlp):
+                m.d.sync += wfree.eq(s_job_end)
+                m.d.comb += [vis_fifo.w_en.eq(1), vis_fifo.w_data.eq(s_seq)]
+            with m.Else():
+                m.d.sync += wfree.eq(Cat(Const(0, nbits), s_data_end[nbits:]))
 
         # beat j shows ring bytes starting at s_pos - a3 - 16 + j*nb
         start = Signal(PTR_WIDTH)
@@ -584,25 +798,55 @@ class DmaEngine(wiring.Component):
         m.d.comb += beat_data.eq(payload)
         with m.If(s_beat == 0):
             m.d.comb += beat_data[:128].eq(desc.as_value())
-        m.d.comb += [
-            rq["tvalid"].eq(sending),
-            rq["tdata"].eq(beat_data),
-            rq["tlast"].eq(((s_beat + 1) * dw_per_beat) >= total_dw),
-        ]
+        m.d.comb += [rq["tvalid"].eq(sending), rq["tdata"].eq(beat_data), rq["tlast"].eq(s_tlast)]
+        m.d.comb += rq["mark"].eq(s_tlast & s_last_tlp)
         eop_ptr = Signal(4)
         m.d.comb += eop_ptr.eq(total_dw - 1)  # index of the last dword within its beat (512 bits: 16 dwords)
-        m.d.comb += rq["tuser"].eq(rq_tuser(self.data_width, wr_fbe, wr_lbe, s_beat == 0, rq["tlast"], eop_ptr))
+        seq_wire = Cat(s_seq[:5], Const(1, 1)) if self.seq_num_tracking else Const(0, 6)
+        m.d.comb += rq["tuser"].eq(
+            rq_tuser(self.data_width, wr_fbe, wr_lbe, s_beat == 0, rq["tlast"], eop_ptr, seq_wire)
+        )
         for d in range(dw_per_beat):
             m.d.comb += rq["tkeep"][d].eq(s_beat * dw_per_beat + d < total_dw)
-        with m.If(sending & rq["tready"]):
-            m.d.sync += s_beat.eq(s_beat + 1)
-            with m.If(rq["tlast"]):
-                m.d.sync += sending.eq(0)
-                end = s_pos + s_chunk
-                with m.If(s_last_tlp):
-                    m.d.comb += job_fifo.r_en.eq(1)
-                    m.d.comb += wr.done.eq(1)
-                    m.d.sync += [off.eq(0), wfree.eq(j_base + ((j_len + nb - 1) >> nbits << nbits))]
-                with m.Else():
-                    m.d.sync += wfree.eq(Cat(Const(0, nbits), end[nbits:]))
-        return in_data | job_fifo.r_rdy | sending
+
+        # ---- visible: one pulse per request, in order, once its last TLP's sequence number came back
+        v_idx = Signal(WSEQ_WIDTH)
+        m.d.comb += v_idx.eq(vis_fifo.r_data)
+        if self.seq_num_tracking:
+            with m.If(vis_fifo.r_rdy & ((w_acked - v_idx - 1)[:WSEQ_WIDTH].as_signed() >= 0)):
+                m.d.comb += [vis_fifo.r_en.eq(1), wr.visible.eq(1)]
+            unacked = (w_sent != w_acked) | vis_fifo.r_rdy
+        else:
+            m.d.comb += [vis_fifo.w_en.eq(0), wr.visible.eq(wr.done)]
+            unacked = Const(0, 1)
+        return (beats_pending != 0) | job_fifo.r_rdy | n_valid | sending | unacked
+
+    def _seq_tracker(self, m: Module, w_sent: Signal, w_acked: Signal) -> None:
+        """Advance ``w_acked`` from the hard IP's sequence-number reports (registered first).
+
+        Write TLPs carry ``{1, index[4:0]}``; a report of index i means every write TLP up to i has left (they
+        leave in order).  A report is applied only if it names a TLP that was sent and not yet acknowledged.
+        """
+        s0 = Signal(6)
+        v0 = Signal()
+        s1 = Signal(6)
+        v1 = Signal()
+        m.d.sync += [s0.eq(self.rq_seq_num0), v0.eq(self.rq_seq_num_vld0 & self.rq_seq_num0[5])]
+        if self.data_width == 512:
+            m.d.sync += [s1.eq(self.rq_seq_num1), v1.eq(self.rq_seq_num_vld1 & self.rq_seq_num1[5])]
+        latest = Signal(5)
+        m.d.comb += latest.eq(Mux(v1, s1[:5], s0[:5]))
+        step = Signal(5)
+        m.d.comb += step.eq(latest - w_acked[:5] + 1)
+        unacked = Signal(WSEQ_WIDTH)
+        m.d.comb += unacked.eq(w_sent - w_acked)
+        stall = Signal(range(self.seq_timeout_cycles + 1))
+        with m.If((v0 | v1) & (step <= unacked)):
+            m.d.sync += [w_acked.eq(w_acked + step), stall.eq(0)]
+        with m.Elif(unacked == 0):
+            m.d.sync += stall.eq(0)
+        with m.Elif(stall == self.seq_timeout_cycles):
+            # no report for a long time (a TLP the hard IP dropped): assume it left, never hang
+            m.d.sync += [w_acked.eq(w_sent), stall.eq(0), self.wr_seq_timeouts.eq(self.wr_seq_timeouts + 1)]
+        with m.Else():
+            m.d.sync += stall.eq(stall + 1)

@@ -49,11 +49,17 @@ def last_be_offset(data_width: int) -> int:
     return 8 if data_width == 512 else 4
 
 
-def rq_tuser(data_width: int, first_be, last_be, sop, eop, eop_ptr) -> Value:
-    """RQ sideband: byte enables, and at 512 bits is_sop0/is_eop0 with the last dword's index."""
+def rq_tuser(data_width: int, first_be, last_be, sop, eop, eop_ptr, seq_num=None) -> Value:
+    """RQ sideband: byte enables, the 6-bit sequence number, and at 512 bits is_sop0/is_eop0 with the last dword.
+
+    ``seq_num`` is what the hard IP reports back on ``pcie_rq_seq_num0/1`` once the TLP has left its transmit
+    path (PG213 "Requester Request Interface", seq_num[3:0] at bits 27:24 and seq_num[5:4] at 61:60 below 512
+    bits; seq_num0[5:0] at bits 66:61 at 512 bits).
+    """
+    seq = Const(0, 6) if seq_num is None else seq_num
     if data_width == 512:
         # first_be[7:0] last_be[15:8] addr_offset[19:16] is_sop[21:20] is_sop0_ptr[23:22] is_sop1_ptr[25:24]
-        # is_eop[27:26] is_eop0_ptr[31:28] ...
+        # is_eop[27:26] is_eop0_ptr[31:28] is_eop1_ptr[35:32] discontinue[36] tph[60:37] seq_num0[66:61] ...
         return Cat(
             first_be,
             Const(0, 4),
@@ -66,8 +72,12 @@ def rq_tuser(data_width: int, first_be, last_be, sop, eop, eop_ptr) -> Value:
             eop,
             Const(0, 1),
             eop_ptr[:4],
+            Const(0, 29),
+            seq[:6],
         ).as_unsigned()
-    return Cat(first_be, last_be).as_unsigned()
+    # first_be[3:0] last_be[7:4] addr_offset[10:8] discontinue[11] tph[23:12] seq_num[27:24] parity[59:28]
+    # seq_num[61:60]
+    return Cat(first_be, last_be, Const(0, 16), seq[:4], Const(0, 32), seq[4:6]).as_unsigned()
 
 
 def cc_tuser(data_width: int, sop, eop, eop_ptr) -> Value:
