@@ -134,7 +134,14 @@ async def steady_state(
     rng = random.Random(seed)
     mask = ((1 << 64) - 1) & ~parse_feature_list(disable)
     drv = VirtioNetDriver(transport, feature_mask=mask, queue_size=queue_size)
-    result: dict[str, Any] = {"mode": mode, "frame_bytes": frame_bytes, "errors": [], "ok": False}
+    result: dict[str, Any] = {
+        "mode": mode,
+        "frame_bytes": frame_bytes,
+        "errors": [],
+        "ok": False,
+        "data_width": bench.data_width,
+        "eth_width": len(bench.dut.eth_tx_tdata),
+    }
     sink = source = None
     if mode != "loopback":
         sink, source = bench.external_ethernet()
