@@ -157,6 +157,11 @@ def run(args: argparse.Namespace) -> int:
                 rows[i] = row
                 cpf = f"{row['cycles_per_frame']:.1f} cycles/frame" if row["cycles_per_frame"] else "FAILED"
                 progress.update(task, advance=1, description=f"{cases[i].label}: {cpf}")
+                if not err.is_terminal:  # a log: one line per case (a live bar shows only on a terminal)
+                    n = sum(r is not None for r in rows)
+                    elapsed = int(time.monotonic() - started)
+                    err.print(f"bench: case {n} of {len(cases)} [{elapsed // 60}:{elapsed % 60:02d}] "
+                              f"{cases[i].label}: {cpf}", highlight=False)  # fmt: skip
     done = [r for r in rows if r is not None]
     bringups = sorted({r["bringup_cycles"] for r in done if r.get("bringup_cycles")})
     first_raw = next((r for r in raws if r and "eth_width" in r), {})
