@@ -203,3 +203,18 @@ def test_bench_cli_one_case(tmp_path: Path) -> None:
     assert case["used_writes_per_frame"] > 0
     assert case["bringup_cycles"] > 100 and doc["bringup_cycles"] == case["bringup_cycles"]
     assert out.with_suffix(".png").exists() and out.with_suffix(".html").exists()
+
+
+def test_from_json_renders_markdown_without_running(tmp_path: Path, capsys) -> None:
+    from virtio_fpga.cli import main
+
+    row = bm.case_figures(bm.Case("loopback", 64, 500), _raw(23_700, 100, to_dev_payload=1000, to_host_payload=800))
+    saved = tmp_path / "bench.json"
+    saved.write_text(json.dumps({**_doc([row]), "bringup_cycles": 1503}))
+    assert main(["bench", "--from-json", str(saved), "--markdown", "--no-plot"]) == 0
+    out = capsys.readouterr().out
+    assert "Driver bring-up: 1503 cycles" in out
+    assert "| loopback-64B-500ns | 237.0 | 1.05 |" in out
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"cases": []}))
+    assert main(["bench", "--from-json", str(bad)]) == 2

@@ -115,6 +115,36 @@ td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}} tr.bad{{backgrou
 """
 
 
+def markdown(doc: dict[str, Any]) -> str:
+    """The cases as a Markdown table (for the README), bring-up on its own line."""
+    heads = ["case", "cycles/frame", "Mpps", "Gbit/s", "link to device / host", "reads in flight max / mean",
+             "desc reads/desc", "used writes/frame", "irqs/frame"]  # fmt: skip
+    lines = [
+        f"Driver bring-up: {doc.get('bringup_cycles')} cycles (reset to DRIVER_OK with RX buffers posted; not in "
+        "any per-frame figure).",
+        "",
+        "| " + " | ".join(heads) + " |",
+        "|---|" + "---:|" * (len(heads) - 1),
+    ]
+    for c in doc["cases"]:
+        if c.get("cycles_per_frame") is None:
+            lines.append(f"| {c['label']} | failed: {'; '.join(c.get('errors') or [])} |" + " |" * (len(heads) - 2))
+            continue
+        cells = [
+            c["label"],
+            f"{c['cycles_per_frame']:.1f}",
+            f"{c['mpps']:.2f}",
+            f"{c['gbps']:.2f}",
+            f"{c['link_fraction_to_device']:.1%} / {c['link_fraction_to_host']:.1%}",
+            f"{c['reads_in_flight_max']} / {c['reads_in_flight_mean']:.2f}",
+            f"{c['desc_reads_per_desc']:.3f}",
+            f"{c['used_writes_per_frame']:.2f}",
+            f"{c['irqs_per_frame']:.3f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_reports(doc: dict[str, Any], json_path: Path) -> list[Path]:
     """Write ``<stem>.png`` and ``<stem>.html`` beside ``json_path``; returns the paths written."""
     png = plot_png(doc)

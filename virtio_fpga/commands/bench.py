@@ -66,6 +66,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--list", action="store_true", help="list the selected cases and exit")
     p.add_argument("--json", action="store_true", help="print the JSON document on stdout instead of a table")
     p.add_argument("--no-plot", action="store_true", help="write only the JSON")
+    p.add_argument("--markdown", action="store_true", help="print the cases as a Markdown table (for READMEs)")
+    p.add_argument(
+        "--from-json",
+        type=Path,
+        metavar="FILE",
+        help="render a saved bench.json (table, --markdown, plot); run nothing",
+    )
     p.set_defaults(func=run)
 
 
@@ -122,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
 
     from sim.benchmath import CLOCK_MHZ, case_figures, validate
 
+    if args.from_json is not None:
+        return _render_saved(args)
     cases = select_cases(args)
     if args.list:
         for c in cases:
@@ -186,12 +195,38 @@ def run(args: argparse.Namespace) -> int:
         from virtio_fpga.bench_report import write_reports
 
         written += write_reports(doc, args.output)
-    if args.json:
-        print(json.dumps(doc, indent=2))
-    else:
-        _print_table(doc)
+    _show(doc, args)
     err.print(f"written: {', '.join(str(p) for p in written)} ({doc['wall_seconds']:.0f} s)")
     return 0 if all(r["ok"] for r in done) else 1
+
+
+def _show(doc: dict[str, Any], args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    elif args.markdown:
+        from virtio_fpga.bench_report import markdown
+
+        print(markdown(doc))
+    else:
+        _print_table(doc)
+
+
+def _render_saved(args: argparse.Namespace) -> int:
+    from sim.benchmath import validate
+
+    try:
+        doc = json.loads(args.from_json.read_text())
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot read {args.from_json}: {exc}") from None
+    problems = validate(doc) if isinstance(doc, dict) else ["not a JSON object"]
+    if problems:
+        raise CliError(f"{args.from_json} is not a bench.json: {problems[0]}")
+    if not args.no_plot:
+        from virtio_fpga.bench_report import write_reports
+
+        write_reports(doc, args.from_json)
+    _show(doc, args)
+    return 0
 
 
 def _print_table(doc: dict[str, Any]) -> None:
