@@ -117,7 +117,8 @@ class InterruptPort(wiring.Signature):
 
 
 class EthernetStream(wiring.Signature):
-    """An Ethernet frame stream (AXI-stream style, 64-bit, no FCS): ``last`` ends a frame.
+    """An Ethernet frame stream (AXI-stream style, no FCS, packed: every beat but the last is full): ``last``
+    ends a frame.  The core's ports run at the DMA width; the top level converts to the MAC's width.
 
     ``user`` on the last beat marks the frame bad (receive error); the consumer drops it.
     """
@@ -154,7 +155,7 @@ class VirtioCoreSignature(wiring.Signature):
                 "irq": Out(InterruptPort()),
                 "dma_busy": In(1),
                 "msix_enabled": In(1),
-                "eth_tx": Out(EthernetStream(64)),
-                "eth_rx": In(EthernetStream(64)),
+                "eth_tx": Out(EthernetStream(data_width)),
+                "eth_rx": In(EthernetStream(data_width)),
             }
         )

@@ -24,6 +24,7 @@ from amaranth.back import verilog
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from hdl.ethwidth import EthNarrower, EthWidener
 from hdl.pcie.cfgext import ConfigExtendResponder
 from hdl.pcie.completer import BarCompleter
 from hdl.pcie.dma import DmaEngine
@@ -192,7 +193,10 @@ class VirtioNetEndpoint(wiring.Component):
             core.dma_busy.eq(dma.busy),
         ]
 
-        # ---- Ethernet: loopback inside, or the external ports
+        # ---- Ethernet: loopback inside at the core's width, or the external ports through width converters
+        core_width = len(core.eth_tx.data)
+        m.submodules.eth_tx_conv = tx_conv = EthNarrower(core_width, ETH_WIDTH)
+        m.submodules.eth_rx_conv = rx_conv = EthWidener(ETH_WIDTH, core_width)
         fields = ("data", "keep", "last", "user")
         with m.If(self.loopback_enable):
             for f in fields:
@@ -200,14 +204,23 @@ class VirtioNetEndpoint(wiring.Component):
             m.d.comb += [core.eth_rx.valid.eq(core.eth_tx.valid), core.eth_tx.ready.eq(core.eth_rx.ready)]
         with m.Else():
             for f in fields:
-                m.d.comb += getattr(self, f"eth_tx_t{f}").eq(getattr(core.eth_tx, f))
-                m.d.comb += getattr(core.eth_rx, f).eq(getattr(self, f"eth_rx_t{f}"))
+                m.d.comb += getattr(tx_conv.i, f).eq(getattr(core.eth_tx, f))
+                m.d.comb += getattr(core.eth_rx, f).eq(getattr(rx_conv.o, f))
             m.d.comb += [
-                self.eth_tx_tvalid.eq(core.eth_tx.valid),
-                core.eth_tx.ready.eq(self.eth_tx_tready),
-                core.eth_rx.valid.eq(self.eth_rx_tvalid),
-                self.eth_rx_tready.eq(core.eth_rx.ready),
+                tx_conv.i.valid.eq(core.eth_tx.valid),
+                core.eth_tx.ready.eq(tx_conv.i.ready),
+                core.eth_rx.valid.eq(rx_conv.o.valid),
+                rx_conv.o.ready.eq(core.eth_rx.ready),
             ]
+        for f in fields:
+            m.d.comb += getattr(self, f"eth_tx_t{f}").eq(getattr(tx_conv.o, f))
+            m.d.comb += getattr(rx_conv.i, f).eq(getattr(self, f"eth_rx_t{f}"))
+        m.d.comb += [
+            self.eth_tx_tvalid.eq(tx_conv.o.valid),
+            tx_conv.o.ready.eq(self.eth_tx_tready),
+            rx_conv.i.valid.eq(self.eth_rx_tvalid),
+            self.eth_rx_tready.eq(rx_conv.i.ready),
+        ]
         return m
 
 

@@ -1,593 +1,219 @@
-"""The packed-ring engine (spec 2.8) and the virtio-net data path (5.1.6) of ``VirtioNetCore``.
+"""The pipelined packed-ring engine (spec 2.8) and the virtio-net data path (5.1.6) of ``VirtioNetCore``.
 
-One state machine serves both queues, one buffer chain at a time.  That is deliberate: each step waits for
-the DMA engine, which is where the time goes, and a single owner of the DMA ports cannot reorder its own
-requests, so used descriptors always follow the data they describe (PCIe keeps posted writes in order).
+Why stages: a hypervisor handles descriptors one at a time; hardware can work on many at once if it knows how
+many are available, which is what notification data tells it (2.9).  Each queue is a pipeline of
+``wiring.Component`` stages joined by valid/ready streams (``hdl/virtio/README.md`` draws it)::
 
-Per queue it keeps the device side of the ring, with Linux's names:
+    DescFetcher -> ChainParser -> TxDataMover -> (frame ring) -> TxFrameSender -> eth_tx     transmitq
+                                               \\-> UsedWriter -> EventNotifier -\\
+    eth_rx -> RxFrameBuffer -> RxDataMover <- ChainParser <- DescFetcher           receiveq
+                                   \\-> UsedWriter -> EventNotifier -> InterruptUnit -> irq / ISR
 
-* ``next_avail_idx``/``avail_wrap_counter``: the head of the next chain to consume (2.8.1);
-* ``parse_idx``/``parse_wrap``: the next descriptor to look at (runs ahead of the head inside a chain);
-* ``used_idx``/``used_wrap_counter``: where the next used descriptor goes (2.8.2);
-* a cache of up to ``CACHE_DESCS`` descriptors fetched in one DMA read (2.8.6: descriptors are read in
-  bursts, but each one's AVAIL/USED flags are still checked against the wrap counter);
-* the driver's last notification data (2.9: next_off/next_wrap, only a hint of how many to fetch),
-  ``kick_pending`` and ``maybe_more`` (there may be descriptors beyond what was fetched);
-* a pending used element, so that with IN_ORDER one used descriptor can stand for a batch (2.8.21.1).
+TX and RX never wait for each other (they use opposite directions of the link); their DMA clients meet only in
+:class:`~hdl.virtio.dmamux.ReadMux` and :class:`~hdl.virtio.dmamux.WriteMux`.
 
-Anything malformed (2.8.6-2.8.7 rules, DMA errors, a frame larger than the RX buffer) stops the engine:
-DEVICE_NEEDS_RESET plus a configuration interrupt (2.1.2, 4.1.4.5), and no further DMA until reset.
+Ordering that a single state machine used to give for free, kept on purpose here:
+
+* a used descriptor never overtakes its data: TX used elements are made only after the chain's last read
+  completion is in; RX used elements only after the chain's last data beat went into the write port, and the
+  write port keeps request order onto RQ (posted writes in order, PCIe Base A2a);
+* the event-suppression read of a batch is issued only after the ``done`` of its used writes (so it is behind
+  them on RQ, B2a), and an interrupt only after that read's completion came back (D2a): the MSI-X message,
+  which the hard IP does not order with RQ traffic, cannot overtake the used descriptor it announces;
+* queue reset and device reset stop every stage from issuing, wait until no read or write of it is in flight,
+  then clear it, and only then read back 0 (2.4.1, 4.1.4.3.2).
+
+Anything malformed (2.8.6-2.8.7 rules, DMA read errors, a frame larger than the RX chain) travels down its
+queue's pipeline as an ``error`` element behind everything before it; when it reaches the used-element writer
+the engine raises DEVICE_NEEDS_RESET and the configuration interrupt (2.1.2, 4.1.4.5), and no new DMA is
+started until the driver resets the device.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
-from amaranth.lib import memory
+from types import SimpleNamespace
 
-from hdl import layouts
-from hdl.virtio.framebuf import BUFFER_BYTES, HDR_BYTES, RxFrameBuffer, TxFrameBuffer
+from amaranth.hdl import Cat, Module, Signal, unsigned
+from amaranth.lib import memory, wiring
+
+from hdl.virtio.chain import ChainParser
+from hdl.virtio.dmamux import ReadMux, WriteMux
+from hdl.virtio.fetch import DescFetcher
+from hdl.virtio.framebuf import BUFFER_BYTES, RxFrameBuffer
+from hdl.virtio.irq import InterruptUnit
+from hdl.virtio.rxpath import RxDataMover
+from hdl.virtio.txpath import TxDataMover, TxFrameSender
+from hdl.virtio.used import EventNotifier, UsedWriter
 from virtio_fpga import spec
-from virtio_fpga.spec import DescFlag, EventFlags, Feature, Status
+from virtio_fpga.spec import Feature, Status
 
-#: Descriptors fetched per DMA read at most (and held per queue); 8 x 16 bytes = one 128-byte read request.
-CACHE_DESCS = 8
-DESC_BYTES = spec.PACKED_DESC.size
 RX_QUEUE = spec.NET_RX_QUEUE
 TX_QUEUE = spec.NET_TX_QUEUE
-NO_VECTOR = spec.VIRTIO_MSI_NO_VECTOR
-_FLAG_BITS = {flag: int(flag).bit_length() - 1 for flag in DescFlag}
-
-
-class QueueState:
-    """The engine's per-queue state (the device side of one packed virtqueue)."""
-
-    def __init__(self, index: int) -> None:
-        def sig(name: str, shape=1, init: int = 0) -> Signal:
-            return Signal(shape, init=init, name=f"q{index}_{name}")
-
-        self.next_avail_idx = sig("next_avail_idx", 16)
-        self.avail_wrap_counter = sig("avail_wrap_counter", 1, 1)
-        self.parse_idx = sig("parse_idx", 16)
-        self.parse_wrap = sig("parse_wrap", 1, 1)
-        self.used_idx = sig("used_idx", 16)
-        self.used_wrap_counter = sig("used_wrap_counter", 1, 1)
-        self.kick_pending = sig("kick_pending")
-        self.maybe_more = sig("maybe_more")
-        self.hint_valid = sig("hint_valid")
-        self.hint_off = sig("hint_off", 15)
-        self.hint_wrap = sig("hint_wrap")
-        self.cache_cnt = sig("cache_cnt", range(CACHE_DESCS + 1))
-        self.cache_rd = sig("cache_rd", range(CACHE_DESCS))
-        self.need_dev_event = sig("need_dev_event")
-        self.used_pend = sig("used_pend")
-        self.pend_id = sig("pend_id", 16)
-        self.pend_len = sig("pend_len", 32)
-        self.pend_count = sig("pend_count", 16)
-        #: Used positions written since the last look at the driver's event suppression structure start at
-        #: (ev_idx, ev_wrap); ev_pending says there are some.  One look covers a whole burst (2.8.10).
-        self.ev_pending = sig("ev_pending")
-        self.ev_idx = sig("ev_idx", 16)
-        self.ev_wrap = sig("ev_wrap")
-
-    def reset_statements(self) -> list:
-        """The state of a fresh queue: both wrap counters 1, indices 0 (2.8.1, 2.8.2)."""
-        return [
-            self.next_avail_idx.eq(0),
-            self.avail_wrap_counter.eq(1),
-            self.parse_idx.eq(0),
-            self.parse_wrap.eq(1),
-            self.used_idx.eq(0),
-            self.used_wrap_counter.eq(1),
-            self.kick_pending.eq(0),
-            self.maybe_more.eq(0),
-            self.hint_valid.eq(0),
-            self.cache_cnt.eq(0),
-            self.cache_rd.eq(0),
-            self.need_dev_event.eq(0),
-            self.used_pend.eq(0),
-            self.ev_pending.eq(0),
-        ]
-
-
-def advance(idx, wrap, count, size) -> tuple:
-    """(idx, wrap) moved forward by ``count`` positions of a ring of ``size`` (any size, 2.8.10.1)."""
-    total = idx + count
-    over = total >= size
-    return Mux(over, total - size, total)[0:16], Mux(over, ~wrap, wrap)
+#: Bytes of the TX frame ring: room for the reads in flight at ~1 us of host latency plus two jumbo frames.
+TX_RING_BYTES = 32 * 1024
+assert TX_RING_BYTES >= 2 * (BUFFER_BYTES + 64)
 
 
 def build_engine(core, m: Module) -> None:
-    """Add the ring engine and the frame buffers to ``core``'s module (after its registers)."""
+    """Add the ring engine and the frame path to ``core``'s module (after its registers)."""
     dw = core.data_width
-    dwb = dw // 8
-    per_beat = dw // (8 * DESC_BYTES)
-    cache_words = CACHE_DESCS // per_beat
     queues = core.queues
-    nq = len(queues)
-    states = [QueueState(i) for i in range(nq)]
-    core.queue_states = states
-    rd = core.dma_rd
-    wr = core.dma_wr
-
-    # ---- frame buffers and the Ethernet ports ----
-    m.submodules.txbuf = tx = TxFrameBuffer(dw)
-    m.submodules.rxbuf = rx = RxFrameBuffer(dw)
-    core.txbuf, core.rxbuf = tx, rx
-    m.d.comb += [
-        core.eth_tx.valid.eq(tx.tx_valid),
-        tx.tx_ready.eq(core.eth_tx.ready),
-        core.eth_tx.data.eq(tx.tx_data),
-        core.eth_tx.keep.eq(tx.tx_keep),
-        core.eth_tx.last.eq(tx.tx_last),
-        core.eth_tx.user.eq(0),
-        rx.rx_valid.eq(core.eth_rx.valid),
-        core.eth_rx.ready.eq(rx.rx_ready),
-        rx.rx_data.eq(core.eth_rx.data),
-        rx.rx_keep.eq(core.eth_rx.keep),
-        rx.rx_last.eq(core.eth_rx.last),
-        rx.rx_user.eq(core.eth_rx.user),
-    ]
-
-    # ---- shared engine registers ----
-    broken = Signal()  # DEVICE_NEEDS_RESET was raised: no more ring processing until device reset
-    core.broken = broken
-    cur_q = Signal(range(nq))
-    last_q = Signal(range(nq))
-    desc = Signal(layouts.PACKED_DESC)
-    chain_len = Signal(16)
-    byte_pos = Signal(range(BUFFER_BYTES + 2**16 + 1))
-    rx_remaining = Signal(range(BUFFER_BYTES + 1))
-    seg_addr = Signal(64)
-    seg_len = Signal(16)
-    fetch_n = Signal(range(CACHE_DESCS + 1))
-    beat_idx = Signal(range(cache_words + 1))
-    rd_left = Signal(17)
-    rd_error = Signal()
-    req_sent = Signal()
-    wr_outstanding = Signal(4)
-    tx_len = Signal(range(BUFFER_BYTES + 1))
-    event = Signal(layouts.EVENT_SUPPRESS)
-    # Statistics (visible to simulation; the PCIe half may expose them later).
-    core.stat_tx_frames = stat_tx = Signal(32)
-    core.stat_rx_frames = stat_rx = Signal(32)
-    core.stat_desc_fetches = stat_fetch = Signal(32)
-
-    def cur(name: str):
-        return Array(getattr(s, name) for s in states)[cur_q]
-
-    def creg(name: str):
-        return Array(getattr(q, name) for q in queues)[cur_q]
-
-    size = creg("size")
+    assert len(queues) == 2 and RX_QUEUE == 0 and TX_QUEUE == 1
     driver_ok = core.device_status[Status.DRIVER_OK.bit_length() - 1]
-    in_order = core.negotiated(Feature.IN_ORDER)
-    event_idx = core.negotiated(Feature.EVENT_IDX)
-    notif_data = core.negotiated(Feature.NOTIFICATION_DATA)
+    broken = Signal()  # DEVICE_NEEDS_RESET was raised: no new DMA until device reset
+    core.broken = broken
 
-    # ---- descriptor cache: one memory, cache_words rows of DMA width per queue ----
-    cache = memory.Memory(shape=unsigned(dw), depth=nq * cache_words, init=[])
-    m.submodules.desc_cache = cache
-    cache_w = cache.write_port()
-    cache_r = cache.read_port(domain="comb")
-    rd_slot = cur("cache_rd")
-    slot_bits = max(0, (per_beat - 1).bit_length())
-    m.d.comb += cache_r.addr.eq(cur_q * cache_words + (rd_slot >> slot_bits))
-    cached_desc = cache_r.data.word_select(rd_slot[0:slot_bits], 128) if slot_bits else cache_r.data
-    m.d.comb += [cache_w.addr.eq(cur_q * cache_words + beat_idx), cache_w.data.eq(rd.data)]
+    # ---- stages
+    fetch = [DescFetcher(dw) for _ in queues]
+    parse = [ChainParser(device_writes=(q.index == RX_QUEUE)) for q in queues]
+    used = [UsedWriter(dw) for _ in queues]
+    events = [EventNotifier(dw) for _ in queues]
+    for i in range(len(queues)):
+        m.submodules[f"q{i}_fetch"] = fetch[i]
+        m.submodules[f"q{i}_parse"] = parse[i]
+        m.submodules[f"q{i}_used"] = used[i]
+        m.submodules[f"q{i}_event"] = events[i]
+        wiring.connect(m, fetch[i].descs, parse[i].descs)
 
-    # ---- DMA write bookkeeping: reads of the driver's area wait until our writes are out (2.8.10) ----
-    wr_req_fire = wr.req_valid & wr.req_ready
-    m.d.sync += wr_outstanding.eq(wr_outstanding + wr_req_fire - wr.done)
+    ring_mem = memory.Memory(shape=unsigned(dw), depth=TX_RING_BYTES // (dw // 8), init=[])
+    m.submodules.tx_ring = ring_mem
+    m.submodules.tx_mover = tx_mover = TxDataMover(ring_mem.write_port(), dw, TX_RING_BYTES)
+    m.submodules.tx_sender = tx_sender = TxFrameSender(ring_mem.read_port(), dw, TX_RING_BYTES)
+    m.submodules.rxbuf = rxbuf = RxFrameBuffer(dw, in_width=dw)
+    m.submodules.rx_mover = rx_mover = RxDataMover(rxbuf, dw)
+    m.submodules.irqs = irqs = InterruptUnit(len(queues))
+    core.txbuf, core.rxbuf = tx_sender, rxbuf
 
-    flag = desc.flags
-    is_avail = (flag[_FLAG_BITS[DescFlag.AVAIL]] == cur("parse_wrap")) & (
-        flag[_FLAG_BITS[DescFlag.USED]] != cur("parse_wrap")
-    )
-    has_next = flag[_FLAG_BITS[DescFlag.NEXT]]
-    is_write = flag[_FLAG_BITS[DescFlag.WRITE]]
-    is_indirect = flag[_FLAG_BITS[DescFlag.INDIRECT]]
+    wiring.connect(m, parse[TX_QUEUE].segs, tx_mover.segs)
+    wiring.connect(m, tx_mover.frames, tx_sender.frames)
+    wiring.connect(m, tx_mover.used, used[TX_QUEUE].used)
+    m.d.comb += tx_mover.freed.eq(tx_sender.freed)
+    wiring.connect(m, parse[RX_QUEUE].segs, rx_mover.segs)
+    wiring.connect(m, rx_mover.used, used[RX_QUEUE].used)
 
-    # ---- scheduling inputs ----
-    running = [q.enable & driver_ok & ~broken & ~q.reset_req & ~core.reset_pending for q in queues]
-    has_work = [(s.cache_cnt != 0) | s.kick_pending | s.maybe_more for s in states]
-    rx_go = running[RX_QUEUE] & rx.full & has_work[RX_QUEUE]
-    tx_go = running[TX_QUEUE] & tx.can_accept & has_work[TX_QUEUE]
-    # IN_ORDER (2.8.21.1): a TX used element may wait while more chains of the same fetch follow at once
-    # (never while the wire holds TX back, so completions cannot wait on a stalled eth_tx).
-    batching = [
-        Const(0) if i == RX_QUEUE else (in_order & (s.cache_cnt != 0) & running[i] & tx.can_accept)
-        for i, s in enumerate(states)
-    ]
-    m.d.comb += rx.accept.eq(running[RX_QUEUE])
-    # More chains of this queue will be done right away: postpone the event-suppression read (and the
-    # interrupt) to the end of the burst, as long as the unchecked range stays below half the ring.
-    unchecked = []
-    for q, s in zip(queues, states, strict=True):
-        span = Signal(range(-(2**17), 2**17), name=f"q{q.index}_unchecked")
-        m.d.comb += span.eq(s.used_idx + Mux(s.used_wrap_counter, 0, q.size) - s.ev_idx - Mux(s.ev_wrap, 0, q.size))
-        unchecked.append(Mux(span < 0, span + (q.size << 1), span))
-    imminent = [
-        running[RX_QUEUE] & (states[RX_QUEUE].cache_cnt != 0) & rx.full,
-        running[TX_QUEUE] & (states[TX_QUEUE].cache_cnt != 0) & tx.can_accept,
-    ]
-    imminent = [imm & (unchecked[i] < (queues[i].size >> 1)) for i, imm in enumerate(imminent)]
+    # ---- DMA clients onto the core's ports
+    m.submodules.rdmux = rdmux = ReadMux(5, dw)
+    m.submodules.wrmux = wrmux = WriteMux(3, dw)
+    readers = [fetch[RX_QUEUE].rd, fetch[TX_QUEUE].rd, tx_mover.rd, events[RX_QUEUE].rd, events[TX_QUEUE].rd]
+    for client, port in zip(readers, rdmux.clients(), strict=True):
+        wiring.connect(m, client, port)
+    writers = [rx_mover.wr, used[RX_QUEUE].wr, used[TX_QUEUE].wr]
+    for client, port in zip(writers, wrmux.clients(), strict=True):
+        wiring.connect(m, client, port)
+    wiring.connect(m, wiring.flipped(core.dma_rd), rdmux.dma)
+    wiring.connect(m, wiring.flipped(core.dma_wr), wrmux.dma)
 
-    # ---- fetch sizing ----
-    pidx = cur("parse_idx")
-    pwrap = cur("parse_wrap")
-    ring_left = Signal(17)
-    hint_dist = Signal(17)
-    fetch_count = Signal(17)
-    m.d.comb += ring_left.eq(size - pidx)
-    hint_off = cur("hint_off")
-    with m.If(cur("hint_wrap") == pwrap):
-        m.d.comb += hint_dist.eq(Mux(hint_off >= pidx, hint_off - pidx, 0))
-    with m.Else():
-        m.d.comb += hint_dist.eq(Mux(size - pidx + hint_off > size, size, size - pidx + hint_off))
-    use_hint = notif_data & cur("hint_valid")
-    limit = Mux(ring_left < CACHE_DESCS, ring_left, CACHE_DESCS)
-    m.d.comb += fetch_count.eq(Mux(use_hint & (hint_dist < limit), hint_dist, limit))
-
-    # ---- event suppression decision (2.8.10, 2.8.14) ----
-    two_size = Signal(18)
-    m.d.comb += two_size.eq(size << 1)
-
-    def linear(idx, wrap):
-        return idx + Mux(wrap, 0, size)
-
-    d_event = Signal(range(-(2**18), 2**18))
-    d_new = Signal(range(-(2**18), 2**18))
+    # ---- Ethernet: the frame path runs at the DMA width (the top level converts to the port width)
+    wiring.connect(m, tx_sender.eth, wiring.flipped(core.eth_tx))
     m.d.comb += [
-        d_event.eq(linear(event.desc_event_off, event.desc_event_wrap) - linear(cur("ev_idx"), cur("ev_wrap"))),
-        d_new.eq(linear(cur("used_idx"), cur("used_wrap_counter")) - linear(cur("ev_idx"), cur("ev_wrap"))),
+        rxbuf.rx_valid.eq(core.eth_rx.valid),
+        core.eth_rx.ready.eq(rxbuf.rx_ready),
+        rxbuf.rx_data.eq(core.eth_rx.data),
+        rxbuf.rx_keep.eq(core.eth_rx.keep),
+        rxbuf.rx_last.eq(core.eth_rx.last),
+        rxbuf.rx_user.eq(core.eth_rx.user),
     ]
-    d_event_mod = Mux(d_event < 0, d_event + two_size, d_event)
-    d_new_mod = Mux(d_new < 0, d_new + two_size, d_new)
-    want_irq = Signal()
-    with m.Switch(event.flags):
-        with m.Case(EventFlags.DISABLE):
-            m.d.comb += want_irq.eq(0)
-        with m.Case(EventFlags.DESC):
-            # Without EVENT_IDX the DESC value is reserved; be safe and notify.
-            m.d.comb += want_irq.eq(~event_idx | (d_event_mod < d_new_mod))
-        with m.Default():
-            m.d.comb += want_irq.eq(1)
 
-    isr_set = Signal(8)
-    m.d.comb += core.isr_set.eq(isr_set)
-    m.d.comb += tx.frame_len.eq(tx_len)
+    # ---- per-queue control: running, reset, clear
+    in_order = core.negotiated(Feature.IN_ORDER)
+    running = []
+    q_idle = []
+    clears = []
+    for i, q in enumerate(queues):
+        run = Signal(name=f"q{i}_run")
+        m.d.comb += run.eq(q.enable & driver_ok & ~broken & ~q.reset_req & ~core.reset_pending)
+        running.append(run)
+        mover_idle = rx_mover.idle if i == RX_QUEUE else tx_mover.idle
+        idle = Signal(name=f"q{i}_idle")
+        m.d.comb += idle.eq(fetch[i].idle & mover_idle & used[i].idle & events[i].idle)
+        q_idle.append(idle)
+        clear = Signal(name=f"q{i}_clear")
+        clears.append(clear)
+        # RING_RESET (2.6.1, 4.1.4.3.2): once nothing of the queue is in flight, forget its state.
+        queue_reset_done = q.reset_req & idle & ~core.reset_pending
+        with m.If(queue_reset_done):
+            m.d.sync += q.reset_statements()
+        m.d.comb += clear.eq(core.device_reset | q.enable_strobe | queue_reset_done)
+        m.d.comb += [
+            fetch[i].size.eq(q.size),
+            fetch[i].base.eq(q.desc),
+            fetch[i].run.eq(run),
+            fetch[i].clear.eq(clear),
+            fetch[i].use_hint.eq(core.negotiated(Feature.NOTIFICATION_DATA)),
+            fetch[i].kick.eq(q.kick),
+            fetch[i].kick_has_data.eq(q.kick_has_data),
+            fetch[i].kick_next_off.eq(q.kick_next_off),
+            fetch[i].kick_next_wrap.eq(q.kick_next_wrap),
+            parse[i].size.eq(q.size),
+            parse[i].clear.eq(clear),
+            used[i].size.eq(q.size),
+            used[i].desc_base.eq(q.desc),
+            used[i].device_area.eq(q.device),
+            used[i].batch.eq(in_order if i == TX_QUEUE else 0),
+            used[i].run.eq(run),
+            used[i].clear.eq(clear),
+            used[i].dev_event.eq(q.enable_strobe),
+            used[i].dev_event_ok.eq(q.enable & ~broken & ~q.reset_req & ~core.reset_pending),
+            events[i].size.eq(q.size),
+            events[i].driver_area.eq(q.driver),
+            events[i].event_idx.eq(core.negotiated(Feature.EVENT_IDX)),
+            events[i].run.eq(run),
+            events[i].clear.eq(clear),
+            events[i].pub_idx.eq(used[i].pub_idx),
+            events[i].pub_wrap.eq(used[i].pub_wrap),
+        ]
+        wiring.connect(m, events[i].notify, getattr(irqs, f"q{i}"))
+        m.d.comb += getattr(irqs, f"q{i}_vector").eq(q.msix_vector)
 
-    app = tx.appender
-    ext = rx.extractor
-    m.d.comb += [app.init_pos.eq(0), app.init_acc.eq(0), app.data.eq(rd.data)]
+    m.d.comb += [
+        tx_mover.run.eq(running[TX_QUEUE]),
+        tx_mover.clear.eq(clears[TX_QUEUE]),
+        rx_mover.run.eq(running[RX_QUEUE]),
+        rx_mover.clear.eq(clears[RX_QUEUE]),
+        rxbuf.accept.eq(running[RX_QUEUE]),
+    ]
+    # A dead ring takes no frames: drop what the RX buffer holds so the wire is not held up.
+    m.d.comb += rx_mover.discard.eq(broken & ~core.reset_pending)
 
-    with m.FSM(name="engine") as fsm:
-        with m.State("IDLE"):
-            m.d.comb += core.engine_idle.eq(wr_outstanding == 0)
-            with m.If(core.reset_pending):
-                pass  # the register block completes the reset once the DMA engine is idle too
-            with m.Elif(broken):
-                m.d.comb += rx.consume.eq(rx.full)  # drop frames: the ring is dead until reset
-            with m.Else():
-                with m.If(Cat(q.reset_req for q in queues).any()):
-                    # RING_RESET (2.6.1): the queue is between chains here; forget its state.
-                    for q, s in zip(queues, states, strict=True):
-                        with m.If(q.reset_req):
-                            m.d.sync += q.reset_statements()
-                            m.d.sync += s.reset_statements()
-                with m.Else():
-                    # Priority: our own event structure, pending used elements, then chains (round robin).
-                    choices = []
-                    for i, (q, s) in enumerate(zip(queues, states, strict=True)):
-                        choices.append((s.need_dev_event & q.enable, i, "DEVEVT"))
-                    for i, s in enumerate(states):
-                        choices.append((s.used_pend & ~batching[i], i, "USED"))
-                    for i, s in enumerate(states):
-                        choices.append((s.ev_pending & ~s.used_pend & ~imminent[i], i, "EVENT_WAIT"))
-                    for n, (cond, i, target) in enumerate(choices):
-                        with (m.If if n == 0 else m.Elif)(cond):
-                            m.d.sync += cur_q.eq(i)
-                            m.next = target
-                    with m.Elif(rx_go | tx_go):
-                        pick_rx = rx_go & (~tx_go | (last_q == TX_QUEUE))
-                        q_next = Mux(pick_rx, RX_QUEUE, TX_QUEUE)
-                        m.d.sync += [cur_q.eq(q_next), last_q.eq(q_next)]
-                        m.next = "CHAIN_START"
+    # ---- errors: DEVICE_NEEDS_RESET + configuration interrupt, once
+    fatal = Cat(*(u.fatal for u in used), *(e.fatal for e in events)).any()
+    with m.If(fatal & ~broken):
+        m.d.comb += [core.set_needs_reset.eq(1), irqs.config.eq(1)]
+        m.d.sync += broken.eq(1)
+    m.d.comb += [
+        irqs.config_vector.eq(core.config_msix_vector),
+        irqs.msix_enabled.eq(core.msix_enabled),
+        irqs.clear.eq(core.device_reset),
+        core.isr_set.eq(irqs.isr_set),
+    ]
+    wiring.connect(m, irqs.irq, wiring.flipped(core.irq))
 
-        with m.State("CHAIN_START"):
-            m.d.sync += [chain_len.eq(0), byte_pos.eq(0), rx_remaining.eq(rx.frame_len + HDR_BYTES)]
-            m.d.comb += app.restart.eq(cur_q == TX_QUEUE)
-            m.next = "NEXT_DESC"
-
-        with m.State("NEXT_DESC"):
-            with m.If(core.reset_pending | creg("reset_req")):
-                m.next = "NOT_AVAIL"  # abandon the chain; the reset forgets it anyway
-            with m.Elif(cur("cache_cnt") == 0):
-                m.next = "FETCH"
-            with m.Else():
-                m.d.sync += desc.eq(cached_desc)
-                m.next = "CHECK"
-
-        with m.State("FETCH"):
-            m.d.sync += [
-                fetch_n.eq(fetch_count),
-                cur("kick_pending").eq(0),
-                # Without a hint, keep fetching until a descriptor is not available; with one, until the hint.
-                cur("maybe_more").eq(~use_hint | (hint_dist > fetch_count)),
-                beat_idx.eq(0),
-                rd_error.eq(0),
-            ]
-            with m.If(fetch_count == 0):
-                m.next = "NOT_AVAIL"
-            with m.Else():
-                m.next = "FETCH_REQ"
-
-        with m.State("FETCH_REQ"):
-            m.d.comb += [
-                rd.req_valid.eq(1),
-                rd.req_addr.eq(creg("desc") + pidx * DESC_BYTES),
-                rd.req_len.eq(fetch_n * DESC_BYTES),
-            ]
-            with m.If(rd.req_ready):
-                m.d.sync += stat_fetch.eq(stat_fetch + 1)
-                m.next = "FETCH_DATA"
-
-        with m.State("FETCH_DATA"):
-            m.d.comb += rd.data_ready.eq(1)
-            with m.If(rd.data_valid):
-                m.d.comb += cache_w.en.eq(beat_idx < cache_words)
-                m.d.sync += beat_idx.eq(beat_idx + 1)
-                with m.If(rd.data_last):
-                    with m.If(rd.error):
-                        m.next = "MALFORMED"
-                    with m.Else():
-                        m.d.sync += [cur("cache_cnt").eq(fetch_n), cur("cache_rd").eq(0)]
-                        m.next = "NEXT_DESC"
-
-        with m.State("CHECK"):
-            nidx, nwrap = advance(pidx, pwrap, 1, size)
-            with m.If(~is_avail):
-                # Not (yet) made available (2.8.1): a hint can be early or wrong (2.9), wait for a kick.
-                m.next = "NOT_AVAIL"
-            with m.Else():
-                m.d.sync += [
-                    cur("cache_rd").eq(cur("cache_rd") + 1),
-                    cur("cache_cnt").eq(cur("cache_cnt") - 1),
-                    cur("parse_idx").eq(nidx),
-                    cur("parse_wrap").eq(nwrap),
-                    chain_len.eq(chain_len + 1),
-                    seg_addr.eq(desc.addr),
-                ]
-                rx_seg = Mux(desc.len < rx_remaining, desc.len, rx_remaining)
-                bad = (
-                    (desc.len == 0)  # 2.8.4 / 2.8.7: a buffer has a length
-                    | is_indirect  # INDIRECT_DESC is never offered (2.8.19)
-                    | (has_next & (chain_len + 1 >= size))  # 2.8.6: a chain never exceeds the queue size
-                    | Mux(cur_q == TX_QUEUE, is_write, ~is_write)  # 5.1.6: TX is read-only, RX write-only
-                    | ((cur_q == TX_QUEUE) & (byte_pos + desc.len > BUFFER_BYTES))  # frame > MAX_FRAME_LEN
-                )
-                with m.If(bad):
-                    m.next = "MALFORMED"
-                with m.Elif(cur_q == TX_QUEUE):
-                    m.d.sync += [seg_len.eq(desc.len), rd_left.eq(desc.len), rd_error.eq(0)]
-                    m.next = "TX_REQ"
-                with m.Elif(rx_seg != 0):
-                    m.d.sync += seg_len.eq(rx_seg)
-                    m.d.comb += [ext.start.eq(1), ext.pos.eq(byte_pos), ext.length.eq(rx_seg)]
-                    m.next = "RX_XFER"
-                with m.Else():
-                    m.next = "DESC_DONE"  # the frame is already written: the rest of the chain stays unused
-
-        with m.State("TX_REQ"):
-            m.d.comb += [rd.req_valid.eq(1), rd.req_addr.eq(seg_addr), rd.req_len.eq(seg_len)]
-            with m.If(rd.req_ready):
-                m.next = "TX_DATA"
-
-        with m.State("TX_DATA"):
-            m.d.comb += [rd.data_ready.eq(1), app.nbytes.eq(Mux(rd_left < dwb, rd_left, dwb))]
-            with m.If(rd.data_valid):
-                m.d.comb += app.valid.eq(1)
-                m.d.sync += rd_left.eq(rd_left - dwb)
-                with m.If(rd.data_last):
-                    m.d.sync += byte_pos.eq(byte_pos + seg_len)
-                    m.next = "TX_END"
-                    m.d.sync += rd_error.eq(rd.error)
-
-        with m.State("TX_END"):
-            with m.If(rd_error):
-                m.next = "MALFORMED"
-            with m.Else():
-                m.next = "DESC_DONE"
-
-        with m.State("RX_XFER"):
-            m.d.comb += [
-                wr.req_valid.eq(~req_sent),
-                wr.req_addr.eq(seg_addr),
-                wr.req_len.eq(seg_len),
-                # Data beats follow the accepted request (DmaWritePort: "req ..., then ... beats").
-                wr.data_valid.eq(ext.valid & req_sent),
-                wr.data.eq(ext.data),
-                wr.data_keep.eq(ext.keep),
-                wr.data_last.eq(ext.last),
-                ext.ready.eq(wr.data_ready & req_sent),
-            ]
-            with m.If(wr.req_valid & wr.req_ready):
-                m.d.sync += req_sent.eq(1)
-            with m.If(wr.data_valid & wr.data_ready & ext.last):
-                m.d.sync += [
-                    byte_pos.eq(byte_pos + seg_len),
-                    rx_remaining.eq(rx_remaining - seg_len),
-                    req_sent.eq(0),
-                ]
-                m.next = "DESC_DONE"
-
-        with m.State("DESC_DONE"):
-            with m.If(has_next):
-                m.next = "NEXT_DESC"
-            with m.Else():
-                m.next = "CHAIN_DONE"
-
-        with m.State("CHAIN_DONE"):
-            # The buffer id is the last descriptor's (2.8.6); the chain is consumed.
-            is_tx = cur_q == TX_QUEUE
-            bad = Mux(is_tx, byte_pos < HDR_BYTES, rx_remaining != 0)  # RX: frame larger than the buffer
-            with m.If(bad):
-                m.next = "MALFORMED"
-            with m.Else():
-                used_len = Mux(is_tx, 0, byte_pos)  # 2.8.4: bytes the device wrote; TX writes none
-                m.d.sync += [
-                    cur("next_avail_idx").eq(pidx),
-                    cur("avail_wrap_counter").eq(pwrap),
-                    cur("used_pend").eq(1),
-                    cur("pend_id").eq(desc.id),
-                    cur("pend_len").eq(used_len),
-                    cur("pend_count").eq(Mux(cur("used_pend"), cur("pend_count") + chain_len, chain_len)),
-                ]
-                with m.If(is_tx):
-                    m.d.comb += app.flush.eq(1)
-                    m.d.sync += tx_len.eq(byte_pos - HDR_BYTES)
-                    m.next = "TX_SEND"
-                with m.Else():
-                    m.d.comb += rx.consume.eq(1)
-                    m.d.sync += stat_rx.eq(stat_rx + 1)
-                    m.next = "IDLE"
-
-        with m.State("TX_SEND"):
-            with m.If(tx_len != 0):  # a header-only chain carries no frame
-                m.d.comb += tx.commit.eq(1)
-                m.d.sync += stat_tx.eq(stat_tx + 1)
-            m.next = "IDLE"
-
-        with m.State("NOT_AVAIL"):
-            # Start over from the chain head next time; only a new kick (or reset) wakes the queue.
-            m.d.sync += [
-                cur("cache_cnt").eq(0),
-                cur("parse_idx").eq(cur("next_avail_idx")),
-                cur("parse_wrap").eq(cur("avail_wrap_counter")),
-                cur("maybe_more").eq(0),
-            ]
-            m.next = "IDLE"
-
-        with m.State("USED"):
-            # Write id, len and flags of the used descriptor in one 8-byte write at offset 8 (2.8.4: the
-            # flags go last or together with the rest); addr is left as the driver wrote it.
-            # 2.8.4/2.8.5: WRITE in a used descriptor says the device wrote Element Length bytes.
-            wrap_flags = Mux(cur("used_wrap_counter"), DescFlag.AVAIL | DescFlag.USED, 0)
-            write_flag = Mux(cur("pend_len") != 0, DescFlag.WRITE, 0)
-            used_word = Cat(cur("pend_len"), cur("pend_id"), Const(0, 16) | wrap_flags | write_flag)
-            m.d.comb += [
-                wr.req_valid.eq(~req_sent),
-                wr.req_addr.eq(creg("desc") + cur("used_idx") * DESC_BYTES + 8),
-                wr.req_len.eq(8),
-                wr.data_valid.eq(req_sent),
-                wr.data.eq(used_word),
-                wr.data_keep.eq(0xFF),
-                wr.data_last.eq(1),
-            ]
-            with m.If(wr.req_valid & wr.req_ready):
-                m.d.sync += req_sent.eq(1)
-            with m.If(wr.data_valid & wr.data_ready):
-                new_idx, new_wrap = advance(cur("used_idx"), cur("used_wrap_counter"), cur("pend_count"), size)
-                m.d.sync += [
-                    req_sent.eq(0),
-                    cur("used_idx").eq(new_idx),
-                    cur("used_wrap_counter").eq(new_wrap),
-                    cur("used_pend").eq(0),
-                    cur("ev_pending").eq(1),
-                ]
-                with m.If(~cur("ev_pending")):
-                    m.d.sync += [cur("ev_idx").eq(cur("used_idx")), cur("ev_wrap").eq(cur("used_wrap_counter"))]
-                m.next = "IDLE"  # IDLE looks at the driver's event structure unless more chains follow
-
-        with m.State("EVENT_WAIT"):
-            # The used descriptor must be visible before we sample the driver's wish (2.8.10).
-            with m.If(wr_outstanding == 0):
-                m.next = "EVENT_REQ"
-
-        with m.State("EVENT_REQ"):
-            m.d.comb += [rd.req_valid.eq(1), rd.req_addr.eq(creg("driver")), rd.req_len.eq(4)]
-            with m.If(rd.req_ready):
-                m.next = "EVENT_DATA"
-
-        with m.State("EVENT_DATA"):
-            m.d.comb += rd.data_ready.eq(1)
-            with m.If(rd.data_valid & rd.data_last):
-                m.d.sync += event.eq(rd.data[0:32])
-                m.next = "EVENT_DECIDE"
-                m.d.sync += rd_error.eq(rd.error)
-
-        with m.State("EVENT_DECIDE"):
-            m.d.sync += [
-                cur("ev_pending").eq(0),
-                cur("ev_idx").eq(cur("used_idx")),
-                cur("ev_wrap").eq(cur("used_wrap_counter")),
-            ]
-            with m.If(rd_error):
-                m.next = "MALFORMED"
-            with m.Elif(want_irq):
-                m.next = "QUEUE_IRQ"
-            with m.Else():
-                m.next = "IDLE"
-
-        with m.State("QUEUE_IRQ"):
-            vector = creg("msix_vector")
-            with m.If(~core.msix_enabled):
-                m.d.comb += isr_set.eq(spec.ISR_QUEUE)  # 4.1.4.5: INTx devices report through the ISR
-                m.next = "IDLE"
-            with m.Elif(vector == NO_VECTOR):
-                m.next = "IDLE"
-            with m.Else():
-                m.d.comb += [core.irq.valid.eq(1), core.irq.vector.eq(vector)]
-                with m.If(core.irq.ready):
-                    m.next = "IDLE"
-
-        with m.State("DEVEVT"):
-            # Our own event suppression structure (2.8.10): notifications enabled, no descriptor offset.
-            m.d.comb += [
-                wr.req_valid.eq(~req_sent),
-                wr.req_addr.eq(creg("device")),
-                wr.req_len.eq(spec.EVENT_SUPPRESS.size),
-                wr.data_valid.eq(req_sent),
-                wr.data.eq(spec.EVENT_SUPPRESS.to_int(flags=EventFlags.ENABLE)),
-                wr.data_keep.eq((1 << spec.EVENT_SUPPRESS.size) - 1),
-                wr.data_last.eq(1),
-            ]
-            with m.If(wr.req_valid & wr.req_ready):
-                m.d.sync += req_sent.eq(1)
-            with m.If(wr.data_valid & wr.data_ready):
-                m.d.sync += [req_sent.eq(0), cur("need_dev_event").eq(0)]
-                m.next = "IDLE"
-
-        with m.State("MALFORMED"):
-            # 2.1.2: DEVICE_NEEDS_RESET, announced by a configuration change interrupt (4.1.4.5).
-            m.d.comb += [core.set_needs_reset.eq(1), isr_set.eq(spec.ISR_CONFIG)]
-            m.d.sync += broken.eq(1)
-            m.next = "CONFIG_IRQ"
-
-        with m.State("CONFIG_IRQ"):
-            vector = core.config_msix_vector
-            with m.If(~core.msix_enabled | (vector == NO_VECTOR)):
-                m.next = "IDLE"
-            with m.Else():
-                m.d.comb += [core.irq.valid.eq(1), core.irq.vector.eq(vector)]
-                with m.If(core.irq.ready):
-                    m.next = "IDLE"
-
-    core.engine_fsm = fsm
-
-    # ---- queue enable, kicks and device reset (after the FSM: these take precedence) ----
-    for q, s in zip(queues, states, strict=True):
-        with m.If(q.enable_strobe):
-            m.d.sync += s.reset_statements()
-            m.d.sync += s.need_dev_event.eq(1)
-        with m.If(q.kick):
-            m.d.sync += s.kick_pending.eq(1)
-            with m.If(q.kick_has_data):
-                m.d.sync += [s.hint_valid.eq(1), s.hint_off.eq(q.kick_next_off), s.hint_wrap.eq(q.kick_next_wrap)]
-            with m.Else():
-                m.d.sync += s.hint_valid.eq(0)
+    # ---- device reset (2.4.1): reads back 0 once no stage has DMA in flight (the core checks dma_busy too)
+    m.d.comb += core.engine_idle.eq(Cat(*q_idle).all() & (rdmux.outstanding == 0) & (wrmux.outstanding == 0))
     with m.If(core.device_reset):
-        m.d.comb += rx.abort.eq(1)
+        m.d.comb += rxbuf.abort.eq(1)
         m.d.sync += broken.eq(0)
-        for s in states:
-            m.d.sync += s.reset_statements()
+
+    # ---- what tests and statistics look at
+    core.queue_states = [
+        SimpleNamespace(
+            kick_pending=f.kick_pending, hint_valid=f.hint_valid, hint_off=f.hint_off, hint_wrap=f.hint_wrap
+        )
+        for f in fetch
+    ]
+    core.stat_tx_frames = tx_sender.sent
+    core.stat_rx_frames = rx_mover.frames
+    core.stat_desc_fetches = Signal(32)
+    m.d.comb += core.stat_desc_fetches.eq(fetch[RX_QUEUE].reads + fetch[TX_QUEUE].reads)
+    core.stages = SimpleNamespace(
+        fetch=fetch,
+        parse=parse,
+        used=used,
+        events=events,
+        tx_mover=tx_mover,
+        tx_sender=tx_sender,
+        rx_mover=rx_mover,
+        irqs=irqs,
+        rdmux=rdmux,
+        wrmux=wrmux,
+    )

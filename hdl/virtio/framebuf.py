@@ -252,12 +252,13 @@ class RxFrameBuffer(Elaboratable):
     oldest stored frame; ``consume`` frees its bank.
     """
 
-    def __init__(self, row_width: int) -> None:
+    def __init__(self, row_width: int, in_width: int = 64) -> None:
         self.row_width = row_width
+        self.in_width = in_width
         self.rows = buffer_rows(row_width // 8)
         self.mem = memory.Memory(shape=unsigned(row_width), depth=BANKS * self.rows, init=[])
         self.header = spec.NET_HDR.to_int(num_buffers=1, gso_type=spec.NET_HDR_GSO_NONE)
-        self.appender = ByteAppender(self.mem.write_port(), row_width, 64, HDR_BYTES, self.header)
+        self.appender = ByteAppender(self.mem.write_port(), row_width, in_width, HDR_BYTES, self.header)
         self.extractor = ByteExtractor(self.mem.read_port(), row_width)
         self.accept = Signal()
         self.full = Signal()
@@ -267,8 +268,8 @@ class RxFrameBuffer(Elaboratable):
         self.dropped = Signal(16)  # frames dropped, for statistics and tests
         self.rx_valid = Signal()
         self.rx_ready = Signal()
-        self.rx_data = Signal(64)
-        self.rx_keep = Signal(8)
+        self.rx_data = Signal(in_width)
+        self.rx_keep = Signal(in_width // 8)
         self.rx_last = Signal()
         self.rx_user = Signal()
 
@@ -285,10 +286,11 @@ class RxFrameBuffer(Elaboratable):
         in_frame = Signal()
         dropping = Signal()
         stored = Signal()  # frame complete; its last partial row is flushed in the next cycle
-        length = Signal(range(device_map.MAX_FRAME_LEN + 9))
-        nbytes = Signal(4)
+        in_bytes = self.in_width // 8
+        length = Signal(range(device_map.MAX_FRAME_LEN + in_bytes + 1))
+        nbytes = Signal(range(in_bytes + 1))
         m.d.comb += [
-            nbytes.eq(sum(self.rx_keep[i] for i in range(8))),
+            nbytes.eq(sum(self.rx_keep[i] for i in range(in_bytes))),
             app.init_pos.eq(HDR_BYTES),
             app.init_acc.eq(self.header),
             app.data.eq(self.rx_data),

@@ -1,0 +1,127 @@
+"""``RxDataMover``: writes received frames into receiveq buffer chains (5.1.6.3, 5.1.6.4).
+
+A frame waits in the RX frame buffer (``hdl/virtio/framebuf.py``, stored behind a fresh virtio_net_hdr with
+num_buffers = 1) until the parser has the next chain's segments.  Each segment gets ``min(len, bytes left)``
+bytes in one DMA write (posted: no latency to wait for); a chain's remaining buffers stay unused.  Without
+VIRTIO_NET_F_MRG_RXBUF the chain must hold the whole frame (5.1.6.3.1): a frame larger than the chain is a
+driver error (DEVICE_NEEDS_RESET), never a silent truncation.  The chain's used element (length = bytes
+written, 2.8.4) goes to the used-element writer after the last data beat was handed to the write port, so on
+the link the used descriptor follows its data (posted writes stay in order, PCIe Base A2a).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hdl.virtio.framebuf import BUFFER_BYTES, HDR_BYTES, RxFrameBuffer
+from hdl.virtio.stream_types import SEGMENT, USED, WriteClient
+
+
+class RxDataMover(wiring.Component):
+    """Segments in, frame bytes out through ``wr``, used elements out; drives ``rxbuf``'s extractor."""
+
+    def __init__(self, rxbuf: RxFrameBuffer, data_width: int) -> None:
+        self.rxbuf = rxbuf
+        self.data_width = data_width
+        super().__init__(
+            {
+                "segs": In(stream.Signature(SEGMENT)),
+                "wr": Out(WriteClient(data_width)),
+                "used": Out(stream.Signature(USED)),
+                "run": In(1),  # may start a new write (queue running, not broken, no reset pending)
+                "clear": In(1),
+                "discard": In(1),  # the ring is dead (DEVICE_NEEDS_RESET): drop stored frames, do not hold the wire
+                "idle": Out(1),  # no write owed
+                "frames": Out(32),  # frames written into the ring (statistics)
+            }
+        )
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        rx = self.rxbuf
+        ext = rx.extractor
+        seg = self.segs.payload
+        byte_pos = Signal(range(BUFFER_BYTES + 1))
+        remaining = Signal(range(BUFFER_BYTES + 1))
+        fresh = Signal(init=1)  # no byte of the current frame written yet
+        cur_rem = Signal(range(BUFFER_BYTES + 1))
+        m.d.comb += cur_rem.eq(Mux(fresh, rx.frame_len + HDR_BYTES, remaining))
+        n = Signal(range(BUFFER_BYTES + 1))
+        m.d.comb += n.eq(Mux(seg.len < cur_rem, seg.len, cur_rem))
+        req_sent = Signal()
+        xfer_len = Signal(range(BUFFER_BYTES + 1))
+        end_id = Signal(16)
+        end_count = Signal(16)
+        end_bad = Signal()
+        used = self.used
+        with m.If(used.valid & used.ready):
+            m.d.sync += used.valid.eq(0)
+
+        with m.FSM(name="rx_move"):
+            with m.State("IDLE"):
+                m.d.comb += self.idle.eq(1)
+                with m.If(self.discard):
+                    m.d.comb += rx.consume.eq(rx.full)
+                with m.Elif(self.run & rx.full & self.segs.valid):
+                    with m.If(seg.error):
+                        with m.If(~used.valid):
+                            m.d.comb += self.segs.ready.eq(1)
+                            m.d.sync += [
+                                used.valid.eq(1),
+                                used.payload.error.eq(1),
+                                used.payload.id.eq(seg.id),
+                                used.payload.count.eq(seg.count),
+                                used.payload.len.eq(0),
+                            ]
+                    with m.Elif(n == 0):
+                        # The frame is already written: the rest of the chain stays unused.
+                        m.d.comb += self.segs.ready.eq(1)
+                        with m.If(seg.last):
+                            m.d.sync += [end_id.eq(seg.id), end_count.eq(seg.count), end_bad.eq(cur_rem != 0)]
+                            m.next = "DONE"
+                    with m.Elif(~ext.busy):
+                        m.d.comb += [ext.start.eq(1), ext.pos.eq(byte_pos), ext.length.eq(n)]
+                        m.d.sync += [xfer_len.eq(n), req_sent.eq(0), remaining.eq(cur_rem), fresh.eq(0)]
+                        m.next = "XFER"
+            with m.State("XFER"):
+                m.d.comb += [
+                    self.wr.req.valid.eq(~req_sent),
+                    self.wr.req.payload.addr.eq(seg.addr),
+                    self.wr.req.payload.len.eq(xfer_len),
+                    self.wr.data.valid.eq(ext.valid & req_sent),
+                    self.wr.data.payload.data.eq(ext.data),
+                    self.wr.data.payload.keep.eq(ext.keep),
+                    self.wr.data.payload.last.eq(ext.last),
+                    ext.ready.eq(self.wr.data.ready & req_sent),
+                ]
+                with m.If(self.wr.req.valid & self.wr.req.ready):
+                    m.d.sync += req_sent.eq(1)
+                with m.If(self.wr.data.valid & self.wr.data.ready & ext.last):
+                    m.d.comb += self.segs.ready.eq(1)
+                    left = remaining - xfer_len
+                    m.d.sync += [byte_pos.eq(byte_pos + xfer_len), remaining.eq(left)]
+                    with m.If(seg.last):
+                        m.d.sync += [end_id.eq(seg.id), end_count.eq(seg.count), end_bad.eq(left != 0)]
+                        m.next = "DONE"
+                    with m.Else():
+                        m.next = "IDLE"
+            with m.State("DONE"):
+                with m.If(~used.valid):
+                    m.d.sync += [
+                        used.valid.eq(1),
+                        used.payload.error.eq(end_bad),  # the frame is larger than the chain (5.1.6.3.1)
+                        used.payload.id.eq(end_id),
+                        used.payload.count.eq(end_count),
+                        used.payload.len.eq(byte_pos),
+                        byte_pos.eq(0),
+                        fresh.eq(1),
+                    ]
+                    with m.If(~end_bad):
+                        m.d.comb += rx.consume.eq(1)
+                        m.d.sync += self.frames.eq(self.frames + 1)
+                    m.next = "IDLE"
+        with m.If(self.clear):
+            m.d.sync += [byte_pos.eq(0), fresh.eq(1), used.valid.eq(0)]
+        return m
