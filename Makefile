@@ -9,7 +9,7 @@ SYSDEPS := $(VENV)/.sysdeps
 BOARD ?= alveo-u50
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: all demo test test-fast test-slow lint bench verilog synth bitstream vm-test compare clean distclean deps
+.PHONY: all demo test test-fast test-slow lint bench bench-full verilog synth bitstream vm-test compare clean distclean deps
 
 all: test
 
@@ -50,8 +50,13 @@ lint: deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Steady-state throughput sweep in simulated cycles (a subset touching every axis; bench-full: all 336 cases).
+# Writes results/bench.json, results/bench.png and results/bench.html; one simulator per core.
 bench: deps
 	$(VENV)/bin/virtio-fpga bench --output results/bench.json
+
+bench-full: deps
+	$(VENV)/bin/virtio-fpga bench --full --output results/bench.json
 
 verilog: deps
 	$(VENV)/bin/virtio-fpga verilog -o build/verilog

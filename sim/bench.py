@@ -6,6 +6,8 @@ Environment (set by :func:`sim.runner.run_scenario`):
 * ``VIRTIO_FPGA_ARGS`` - JSON object of keyword arguments;
 * ``VIRTIO_FPGA_RESULT`` - where to write the JSON result;
 * ``VIRTIO_FPGA_BACKPRESSURE`` - "1" for idle/back-pressure insertion on the AXI streams; ``VIRTIO_FPGA_SEED``;
+* ``VIRTIO_FPGA_READ_LATENCY_NS`` - host memory read latency added by the root complex (default 0: the model's
+  own, about 10 cycles); see :class:`sim.testbench.ReadLatency`;
 * ``VIRTIO_FPGA_TARGET`` - "rtl" (default) or "soft": run the scenario on the software reference device
   (:mod:`sim.soft_peer`), attached as a second device on the same RootComplex as the RTL;
 * ``VIRTIO_FPGA_PEER`` - "soft": attach the software device too and pass its transport to the scenario as
@@ -13,8 +15,8 @@ Environment (set by :func:`sim.runner.run_scenario`):
 
 The result is the function's dict plus ``sim_cycles``, ``dma_read_requests``, ``dma_write_requests``,
 ``dma_read_bytes``, ``dma_write_bytes`` (counted on the RQ bus from the end of enumeration to the end of the
-scenario), ``guard_bytes_ok`` and ``guard_violations``.  The test fails if the scenario raises or a guard
-byte was overwritten.
+scenario), ``read_latency_ns``, ``guard_bytes_ok`` and ``guard_violations``.  The test fails if the scenario
+raises or a guard byte was overwritten.
 """
 
 from __future__ import annotations
@@ -45,10 +47,15 @@ async def run_scenario(dut) -> None:
     """Build the bench, enumerate, run the scenario, add statistics, write the JSON result."""
     fn = load_scenario(os.environ["VIRTIO_FPGA_SCENARIO"])
     args = json.loads(os.environ.get("VIRTIO_FPGA_ARGS", "{}") or "{}")
+    options = {}
+    latency = float(os.environ.get("VIRTIO_FPGA_READ_LATENCY_NS", "0") or 0)
+    if latency:  # only then: a bench class without the option still runs at the model's latency
+        options["read_latency_ns"] = latency
     bench = await EndpointBench.create(
         dut,
         backpressure=os.environ.get("VIRTIO_FPGA_BACKPRESSURE") == "1",
         seed=int(os.environ.get("VIRTIO_FPGA_SEED", "1")),
+        **options,
     )
     target = os.environ.get("VIRTIO_FPGA_TARGET", "rtl")
     peer = None
@@ -83,6 +90,8 @@ async def run_scenario(dut) -> None:
             dma_read_bytes=stats["read_bytes"],
             dma_write_bytes=stats["write_bytes"],
         )
+    read_latency = getattr(bench, "read_latency", None)
+    out["read_latency_ns"] = read_latency.latency_ns if read_latency is not None else 0.0
     out["guard_bytes_ok"] = not violations
     out["guard_violations"] = violations
     out["cfg_ext_timeouts"] = bench.dev.cfg_ext_timeouts

@@ -66,12 +66,18 @@ async def run_both(
 
 
 def run_on_bus(
-    devices: list[str], scenarios: list[dict], *, faults: list[str] | None = None, core: str = "virtio"
+    devices: list[str],
+    scenarios: list[dict],
+    *,
+    faults: list[str] | None = None,
+    core: str = "virtio",
+    read_latency_ns: float | None = None,
 ) -> dict[str, Any]:
     """One simulation, both devices: returns ``{device: [trace, ...]}`` for the requested devices.
 
     ``core`` picks the RTL's core; ``"test"`` (the PCIe test core) serves runs that only use the software
-    device on the bus.
+    device on the bus.  ``read_latency_ns``: the host's read latency, the same for both devices (they share the
+    root complex; None: ``VIRTIO_FPGA_READ_LATENCY_NS`` or 0).
     """
     from sim.runner import run_scenario as run_in_sim
 
@@ -80,5 +86,6 @@ def run_on_bus(
         {"scenarios": scenarios, "devices": devices, "faults": list(faults or [])},
         peer="soft" if "soft-pcie" in devices else None,
         core=core,
+        read_latency_ns=read_latency_ns,
     )
     return {device: result[device] for device in devices}

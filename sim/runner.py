@@ -162,6 +162,18 @@ def _tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
+def read_latency_from_env() -> float:
+    """``VIRTIO_FPGA_READ_LATENCY_NS`` as a number of nanoseconds (0 when unset); a bad value is an error."""
+    text = os.environ.get("VIRTIO_FPGA_READ_LATENCY_NS", "").strip()
+    try:
+        value = float(text) if text else 0.0
+    except ValueError:
+        raise ValueError(f"VIRTIO_FPGA_READ_LATENCY_NS={text!r} is not a number of nanoseconds") from None
+    if value < 0:
+        raise ValueError(f"VIRTIO_FPGA_READ_LATENCY_NS={text!r} is negative")
+    return value
+
+
 def run_scenario(
     scenario: str,
     args: dict | None = None,
@@ -174,6 +186,7 @@ def run_scenario(
     target: str = "rtl",
     peer: str | None = None,
     sim_timeout_ms: float = 20.0,
+    read_latency_ns: float | None = None,
 ) -> dict:
     """Run ``module:function`` against the RTL; returns its dict plus ``sim_cycles``, DMA counts, guard check.
 
@@ -181,7 +194,12 @@ def run_scenario(
     ``target="soft"`` runs it on the software reference device attached to the same RootComplex instead;
     ``peer="soft"`` attaches that device as well and passes its transport as ``peer_transport``.
     ``sim_timeout_ms`` bounds the scenario in simulated time (20 ms = 5 million cycles at 250 MHz).
+    ``read_latency_ns`` delays the completions of every host memory read by that much (reads stay pipelined,
+    see :class:`sim.testbench.ReadLatency`); ``None`` takes ``VIRTIO_FPGA_READ_LATENCY_NS`` from the
+    environment (default 0, the model's own latency), so a whole test run can be repeated at a real host's.
     """
+    if read_latency_ns is None:
+        read_latency_ns = read_latency_from_env()
     with tempfile.TemporaryDirectory(prefix="virtio_fpga_result_") as tmp:
         result_path = Path(tmp) / "result.json"
         env = {
@@ -193,6 +211,7 @@ def run_scenario(
             "VIRTIO_FPGA_TARGET": target,
             "VIRTIO_FPGA_PEER": peer or "",
             "VIRTIO_FPGA_SIM_TIMEOUT_MS": str(sim_timeout_ms),
+            "VIRTIO_FPGA_READ_LATENCY_NS": repr(float(read_latency_ns)),
         }
         run_dir = run_cocotb(
             "sim.bench", testcase="run_scenario", data_width=data_width, core=core, waves=waves, extra_env=env

@@ -4,8 +4,16 @@
 
 * a :class:`BusCounters` monitor counts simulated cycles and the DMA traffic the DUT generates on RQ
   (memory read requests, memory write requests and their bytes), from the TLPs as they pass;
+* a :class:`LinkCounters` tap on both ends of the DUT's simulated link counts every TLP and DLLP the model
+  serialises, per direction, with the sizes the model charges link time for (``Tlp.get_wire_size``);
+* the monitor also follows read tags (RQ read request -> RC completion with "request completed") to give the
+  number of DMA reads in flight per cycle, and keeps a timed log of RQ requests for address-range accounting;
+* optional *host read latency* (``read_latency_ns``, env ``VIRTIO_FPGA_READ_LATENCY_NS`` through
+  :mod:`sim.bench`): see :class:`ReadLatency`;
 * optional *idle and back-pressure insertion*: random pauses on the model's sources (CQ, RC) and random
   ``tready`` drops on its sinks (CC, RQ), so the gateware sees the stalls a busy hard IP produces;
+* :meth:`EndpointBench.external_ethernet`: loopback off, a cocotbext-axi sink on ``eth_tx`` and source on
+  ``eth_rx`` (TX-only and RX-only benchmarks);
 * :meth:`EndpointBench.add_function`: a second, pure-Python PCIe device (for example the software reference
   device) on its own root port of the same RootComplex, so both can be driven and compared in one run.
 """
@@ -19,9 +27,11 @@ from dataclasses import dataclass, field
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import RisingEdge, Timer
+from cocotb.simtime import get_sim_time
+from cocotb.triggers import Event, RisingEdge, Timer
 from cocotbext.axi import AxiStreamBus
 from cocotbext.pcie.core import RootComplex
+from cocotbext.pcie.core.tlp import Tlp, TlpType
 
 from sim.usp import VirtioUspDevice, quiet
 from virtio_fpga import device_map
@@ -43,6 +53,17 @@ class BusCounters:
     requests: list = field(default_factory=list)
     log_limit: int = 100_000
 
+    #: DMA reads issued on RQ whose last completion has not come back on RC (by tag), now and at most
+    reads_outstanding: int = 0
+    reads_outstanding_max: int = 0
+    #: sum over cycles of ``reads_outstanding``: the mean over a window is its difference / cycles
+    reads_outstanding_sum: int = 0
+    #: (cycle, kind "R"/"W", byte address, bytes) of every RQ request (capped at ``timed_log_limit``)
+    timed_requests: list = field(default_factory=list)
+    timed_log_limit: int = 500_000
+    #: (issue cycle, cycle of the last completion) of every finished DMA read, oldest first (same cap)
+    read_round_trips: list = field(default_factory=list)
+
     def as_dict(self) -> dict:
         return {
             "sim_cycles": self.cycles,
@@ -51,6 +72,127 @@ class BusCounters:
             "dma_read_bytes": self.dma_read_bytes,
             "dma_write_bytes": self.dma_write_bytes,
         }
+
+
+@dataclass
+class LinkDirection:
+    """What crossed the link in one direction, as cocotbext-pcie's link model serialised it."""
+
+    tlps: int = 0
+    #: header + payload + 8 bytes of framing/LCRC per TLP (``Tlp.get_wire_size``: what the model charges time for)
+    tlp_wire_bytes: int = 0
+    #: payload bytes (dword-padded, as the TLPs carry them) of memory writes and of completions with data
+    write_payload_bytes: int = 0
+    completion_payload_bytes: int = 0
+    writes: int = 0
+    completions: int = 0
+    read_requests: int = 0
+    dllps: int = 0
+    dllp_bytes: int = 0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class LinkCounters:
+    """Both directions of the DUT's link: ``to_host`` (upstream, the DUT transmits) and ``to_device``."""
+
+    to_host: LinkDirection = field(default_factory=LinkDirection)
+    to_device: LinkDirection = field(default_factory=LinkDirection)
+
+    def as_dict(self) -> dict:
+        return {"to_host": self.to_host.as_dict(), "to_device": self.to_device.as_dict()}
+
+
+def _tap_link(port, direction: LinkDirection) -> None:
+    """Count every packet ``port`` serialises (its ``handle_tx`` is where the link model spends wire time)."""
+    original = port.handle_tx
+
+    async def handle_tx(pkt) -> None:
+        if isinstance(pkt, Tlp):
+            direction.tlps += 1
+            direction.tlp_wire_bytes += pkt.get_wire_size()
+            if pkt.fmt_type in (TlpType.MEM_WRITE, TlpType.MEM_WRITE_64):
+                direction.writes += 1
+                direction.write_payload_bytes += pkt.get_payload_size()
+            elif pkt.fmt_type in (TlpType.CPL_DATA, TlpType.CPL_LOCKED_DATA):
+                direction.completions += 1
+                direction.completion_payload_bytes += pkt.get_payload_size()
+            elif pkt.fmt_type in (TlpType.CPL, TlpType.CPL_LOCKED):
+                direction.completions += 1
+            elif pkt.fmt_type in (TlpType.MEM_READ, TlpType.MEM_READ_64):
+                direction.read_requests += 1
+        else:
+            direction.dllps += 1
+            direction.dllp_bytes += pkt.get_wire_size()
+        await original(pkt)
+
+    port.handle_tx = handle_tx
+
+
+class _CollectingRootComplex:
+    """The RootComplex as its memory-read handler sees it, except that ``send`` collects the completions."""
+
+    def __init__(self, rc: RootComplex) -> None:
+        self._rc = rc
+        self.completions: list = []
+
+    def __getattr__(self, name: str):
+        return getattr(self._rc, name)
+
+    async def send(self, tlp) -> None:
+        self.completions.append(tlp)
+
+
+class ReadLatency:
+    """Host memory read latency for cocotbext-pcie's RootComplex, which otherwise answers at once.
+
+    Real hosts take 400-1000 ns from a device's memory read request to its completions; the model takes about
+    nothing, which flatters a design that keeps few reads in flight.  With ``latency_ns > 0`` each memory read
+    TLP that reaches the root complex is served at once (the memory is read on arrival, by the model's own
+    handler, which also splits the completions as the model does) but its completions are held until
+    ``arrival + latency_ns`` and then sent in order.  A delay line, not a lock: every read that arrives within
+    the latency is in flight at the same time, so a device with many tags outstanding loses one latency, not
+    one per read.  Completions of one request stay in order, and requests complete in the order they arrived
+    (they all wait equally long).  ``latency_ns`` may be changed at run time (it applies to reads arriving
+    afterwards); 0 restores the model's own behaviour exactly.
+    """
+
+    def __init__(self, rc: RootComplex, latency_ns: float = 0.0) -> None:
+        self.rc = rc
+        self.latency_ns = float(latency_ns)
+        self.delayed_reads = 0
+        self._queue: list[tuple[int, list]] = []  # (due time in ps, completions), oldest first
+        self._wake = Event()
+        self._original = {t: rc.rx_tlp_handler[t] for t in (TlpType.MEM_READ, TlpType.MEM_READ_64)}
+        for t in self._original:
+            rc.register_rx_tlp_handler(t, self._handle_read)
+        cocotb.start_soon(self._run())
+
+    async def _handle_read(self, tlp) -> None:
+        if self.latency_ns <= 0:
+            await self._original[tlp.fmt_type](tlp)
+            return
+        proxy = _CollectingRootComplex(self.rc)
+        await type(self.rc).handle_mem_read_tlp(proxy, tlp)
+        self.delayed_reads += 1
+        due = get_sim_time("ps") + round(self.latency_ns * 1000)
+        self._queue.append((due, proxy.completions))
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            while not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+            due, completions = self._queue[0]
+            now = get_sim_time("ps")
+            if due > now:
+                await Timer(due - now, "ps")
+            self._queue.pop(0)
+            for cpl in completions:
+                await self.rc.send(cpl)
 
 
 def _random_pauses(seed: int, probability: float):
@@ -71,6 +213,7 @@ class EndpointBench:
         log_level: int = logging.WARNING,
         max_payload_size: int = 256,
         max_read_request_size: int = 512,
+        read_latency_ns: float = 0.0,
     ) -> None:
         self.dut = dut
         dut.user_reset.value = 1  # before the model's clock starts: a floating reset would make X state
@@ -146,6 +289,13 @@ class EndpointBench:
         fn.configure_bar(device_map.BAR, device_map.BAR_SIZE, ext=True)
 
         self.rc.make_port().connect(self.dev)
+        self.link = LinkCounters()
+        _tap_link(self.dev.upstream_port, self.link.to_host)
+        _tap_link(self.dev.upstream_port.other, self.link.to_device)
+        #: host read latency; ``bench.read_latency.latency_ns`` may be changed while the simulation runs
+        self.read_latency = ReadLatency(self.rc, read_latency_ns)
+        self.eth_tx_sink = None  # cocotbext-axi AxiStreamSink / AxiStreamSource after external_ethernet()
+        self.eth_rx_source = None
         self.ep = None  # PciDevice of the DUT after init()
         self.extra_functions: list = []
 
@@ -177,15 +327,45 @@ class EndpointBench:
         for sink in (self.dev.cc_sink, self.dev.rq_sink):
             sink.set_pause_generator(_random_pauses(next(seeds), 0.3))
 
+    def external_ethernet(self, *, tx_pause=None):
+        """Loopback off: frames leave on ``eth_tx`` into a cocotbext-axi sink and enter ``eth_rx`` from a source.
+
+        Returns ``(sink, source)``; ``tx_pause`` is an optional pause generator for the sink (back-pressure).
+        """
+        from cocotbext.axi import AxiStreamSink, AxiStreamSource
+
+        dut = self.dut
+        dut.loopback_enable.value = 0
+        if self.eth_tx_sink is None:
+            self.eth_tx_sink = AxiStreamSink(AxiStreamBus.from_prefix(dut, "eth_tx"), dut.user_clk, dut.user_reset)
+            self.eth_rx_source = AxiStreamSource(AxiStreamBus.from_prefix(dut, "eth_rx"), dut.user_clk, dut.user_reset)
+            quiet(self.eth_tx_sink.log, self.eth_rx_source.log, level=self.log.level)
+        if tx_pause is not None:
+            self.eth_tx_sink.set_pause_generator(tx_pause)
+        return self.eth_tx_sink, self.eth_rx_source
+
     async def _monitor(self) -> None:
-        """Count cycles and RQ traffic on the clock, from the bus signals themselves."""
+        """Count cycles and RQ traffic on the clock, from the bus signals themselves; follow read tags."""
         dut = self.dut
         clk = RisingEdge(dut.user_clk)
         sop = True
+        rc_sop = True
         lbo = 8 if self.data_width == 512 else 4  # last_be position in the RQ sideband (PG213)
+        c = self.counters
+        open_tags: dict[int, int] = {}  # tag -> cycle its request was issued
         while True:
             await clk
-            self.counters.cycles += 1
+            c.cycles += 1
+            if int(dut.m_axis_rc_tvalid.value) and int(dut.m_axis_rc_tready.value):
+                if rc_sop:
+                    # RC descriptor (PG213 "Requester Completion Descriptor Format"): bit 30 request completed,
+                    # tag in bits 71:64.  The last completion of a request (or an error completion) ends it.
+                    data = int(dut.m_axis_rc_tdata.value)
+                    if (data >> 30) & 1:
+                        issued = open_tags.pop((data >> 64) & 0xFF, None)
+                        if issued is not None and len(c.read_round_trips) < c.timed_log_limit:
+                            c.read_round_trips.append((issued, c.cycles))
+                rc_sop = bool(int(dut.m_axis_rc_tlast.value))
             if int(dut.s_axis_rq_tvalid.value) and int(dut.s_axis_rq_tready.value):
                 if sop:
                     data = int(dut.s_axis_rq_tdata.value)
@@ -195,16 +375,22 @@ class EndpointBench:
                     last_be = (int(dut.s_axis_rq_tuser.value) >> lbo) & 0xF
                     nbytes = _be_bytes(dword_count, first_be, last_be)
                     addr = (data & ((1 << 64) - 4)) + ((first_be & -first_be).bit_length() - 1 if first_be else 0)
-                    c = self.counters
                     if req_type == 0:
                         c.dma_read_requests += 1
                         c.dma_read_bytes += nbytes
+                        open_tags[(data >> 96) & 0xFF] = c.cycles
                     elif req_type == 1:
                         c.dma_write_requests += 1
                         c.dma_write_bytes += nbytes
                     if req_type in (0, 1) and len(c.requests) < c.log_limit:
                         c.requests.append(("R" if req_type == 0 else "W", addr, nbytes))
+                    if req_type in (0, 1) and len(c.timed_requests) < c.timed_log_limit:
+                        c.timed_requests.append((c.cycles, "R" if req_type == 0 else "W", addr, nbytes))
                 sop = bool(int(dut.s_axis_rq_tlast.value))
+            c.reads_outstanding = len(open_tags)
+            c.reads_outstanding_sum += c.reads_outstanding
+            if c.reads_outstanding > c.reads_outstanding_max:
+                c.reads_outstanding_max = c.reads_outstanding
 
     # ---------------------------------------------------------------------------------------------
     async def reset(self) -> None:
@@ -262,4 +448,4 @@ def _be_bytes(dword_count: int, first_be: int, last_be: int) -> int:
     return dword_count * 4 - lead - tail
 
 
-__all__ = ["BusCounters", "EndpointBench", "Clock"]
+__all__ = ["BusCounters", "Clock", "EndpointBench", "LinkCounters", "LinkDirection", "ReadLatency"]

@@ -300,7 +300,10 @@ def _synth(tmp_path: Path, *extra: str) -> tuple[dict, float]:
     proc = subprocess.run([sys.executable, "-m", "virtio_fpga.cli", "synth", "--json", "-o", str(tmp_path), *extra],
                           cwd=ROOT, capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout), time.monotonic() - t0
+    # --json keeps stdout one JSON document; progress (the step and the elapsed time) goes to stderr
+    result = json.loads(proc.stdout)
+    assert "synth" in proc.stderr and re.search(r"\d+:\d\d|\d+ s\b", proc.stderr), proc.stderr[-2000:]
+    return result, time.monotonic() - t0
 
 
 def _plausible_xcup(r: dict) -> None:

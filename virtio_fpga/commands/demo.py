@@ -37,7 +37,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--disable", default="", help="comma-separated feature names the driver must not accept")
     p.add_argument("--waves", action="store_true", help="rtl: dump waveforms")
+    add_read_latency_argument(p)
     p.set_defaults(func=run)
+
+
+def _latency(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of nanoseconds: {text!r}") from None
+    if not 0 <= value <= 1e6:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1000000 ns: {text!r}")
+    return value
+
+
+def add_read_latency_argument(p: argparse.ArgumentParser) -> None:
+    """``--read-latency-ns``: host memory read latency of the simulated root complex (sim.testbench.ReadLatency)."""
+    p.add_argument(
+        "--read-latency-ns",
+        type=_latency,
+        default=None,
+        metavar="NS",
+        help="simulated PCIe bus only: delay every host memory read's completions by NS ns (reads stay pipelined; "
+        "default 0, the model's own ~40 ns; also VIRTIO_FPGA_READ_LATENCY_NS)",
+    )
 
 
 def demo_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -61,8 +84,15 @@ def demo_args(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def run_on_device(device: str, kwargs: dict[str, Any], *, waves: bool = False) -> dict[str, Any]:
-    """Run host.demo.run_demo on the named device; shared by demo, bench and compare."""
+def run_on_device(
+    device: str, kwargs: dict[str, Any], *, waves: bool = False, read_latency_ns: float | None = None
+) -> dict[str, Any]:
+    """Run host.demo.run_demo on the named device; shared by demo, bench and compare.
+
+    ``read_latency_ns`` is the simulated root complex's host read latency (rtl only; None: the environment's).
+    """
+    if read_latency_ns and device != "rtl":
+        raise CliError("--read-latency-ns applies to the simulated PCIe bus: use --device rtl")
     if device == "soft":
         from host.demo import run_demo
         from host.inproc import InProcessTransport
@@ -80,7 +110,7 @@ def run_on_device(device: str, kwargs: dict[str, Any], *, waves: bool = False) -
             from sim.runner import run_scenario
         except ImportError as exc:
             raise CliError(f"the RTL simulation is not available: {exc}") from None
-        return run_scenario("host.demo:run_demo", kwargs, waves=waves)
+        return run_scenario("host.demo:run_demo", kwargs, waves=waves, read_latency_ns=read_latency_ns)
     if device.startswith("vfio:"):
         try:
             from host.vfio import open_transport
@@ -106,7 +136,7 @@ def run_on_device(device: str, kwargs: dict[str, Any], *, waves: bool = False) -
 def run(args: argparse.Namespace) -> int:
     from host.demo import format_report
 
-    result = run_on_device(args.device, demo_args(args), waves=args.waves)
+    result = run_on_device(args.device, demo_args(args), waves=args.waves, read_latency_ns=args.read_latency_ns)
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:

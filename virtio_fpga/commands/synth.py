@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from virtio_fpga.cli import CliError
+from virtio_fpga.progress import StepReporter
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Resource figures (Yosys synth_xilinx -family xcup, per major block) and Fmax (nextpnr-ecp5) "
         "of the virtio-net endpoint, without the PCIe hard IP.",
     )
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of tables (progress goes to stderr)"
+    )
     p.add_argument("--markdown", action="store_true", help="print the figures as a Markdown table (for READMEs)")
     p.add_argument("--from-json", type=Path, metavar="FILE", help="render a saved `synth --json` result, run nothing")
     p.add_argument("--data-width", type=int, default=256, choices=(128, 256, 512), help="AXI-stream width")
@@ -63,8 +66,44 @@ def collect(args: argparse.Namespace) -> dict:
     if args.ecp5_device not in opentools.ECP5_DEVICES:
         raise CliError(f"unknown ECP5 device {args.ecp5_device}; known: {', '.join(opentools.ECP5_DEVICES)}")
     t0 = time.monotonic()
-    verilog, ports = _endpoint(args.data_width)
-    out = args.output.resolve()
+    with StepReporter("synth") as progress:
+        progress.update(f"elaborating the endpoint ({args.data_width} bits, Amaranth -> Verilog)")
+        verilog, ports = _endpoint(args.data_width)
+        out = args.output.resolve()
+        progress.watch(lambda: flow_steps(out, since=time.time() - progress.elapsed, ecp5=not args.no_ecp5))
+        return _collect_flows(args, verilog, ports, out, t0)
+
+
+def flow_steps(out: Path, *, since: float, ecp5: bool) -> str:
+    """What each tool flow is doing now, from the files its tools have written in the work directory since
+    ``since`` (a wall-clock time; older files are from an earlier run)."""
+
+    def fresh(path: Path) -> bool:
+        try:
+            return path.stat().st_mtime >= since
+        except OSError:
+            return False
+
+    x = out / "xcup"
+    xcup = "done" if fresh(x / "stat_xcup.json") else "yosys synth_xilinx" if fresh(x / "yosys_xcup.stdout") else "-"
+    steps = [f"UltraScale+: {xcup}"]
+    if ecp5:
+        e = out / "ecp5"
+        if fresh(e / "report_ecp5.json"):
+            state = "done"
+        elif fresh(e / "nextpnr_ecp5.stdout"):
+            state = "nextpnr-ecp5 place and route"
+        elif fresh(e / "yosys_ecp5.stdout"):
+            state = "yosys synth_ecp5"
+        else:
+            state = "-"
+        steps.append(f"ECP5: {state}")
+    return " | ".join(steps)
+
+
+def _collect_flows(args: argparse.Namespace, verilog: str, ports: list, out: Path, t0: float) -> dict:
+    from boards import opentools
+
     # The two flows are independent single-threaded tool runs: on two cores they run side by side.
     with ThreadPoolExecutor(max_workers=2) as pool:
         xf = pool.submit(opentools.synth_xcup, verilog, "virtio_net_endpoint", out / "xcup", depth=args.depth)
