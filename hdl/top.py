@@ -36,12 +36,22 @@ from hdl.pcie.tlp import check_data_width, tuser_widths
 from virtio_fpga import device_map
 
 MODULE_NAME = "virtio_net_endpoint"
+#: Default Ethernet port width: a 10/25G MAC's 64-bit AXI stream.  A build may choose 64..512 bits (512 for a
+#: 100G MAC); the core's frame path runs at the DMA width and converters sit at the port, so the port sets
+#: the line rate.
 ETH_WIDTH = 64
+ETH_WIDTHS = (64, 128, 256, 512)
 
 
-def top_ports(data_width: int = 256) -> list[tuple[str, str, int]]:
+def check_eth_width(eth_width: int) -> None:
+    if eth_width not in ETH_WIDTHS:
+        raise ValueError(f"Ethernet port width must be one of {ETH_WIDTHS}, not {eth_width}")
+
+
+def top_ports(data_width: int = 256, eth_width: int = ETH_WIDTH) -> list[tuple[str, str, int]]:
     """(name, "in"/"out", width) of every port of ``virtio_net_endpoint``, in declaration order."""
     check_data_width(data_width)
+    check_eth_width(eth_width)
     kw = data_width // 32
     ports: list[tuple[str, str, int]] = [("user_clk", "in", 1), ("user_reset", "in", 1)]
 
@@ -90,8 +100,8 @@ def top_ports(data_width: int = 256) -> list[tuple[str, str, int]]:
         ("cfg_ext_read_data_valid", "out", 1),
     ]
     # Ethernet streams: keep has one bit per byte (not per dword as on the PCIe streams)
-    axis("eth_tx", False, ETH_WIDTH, ETH_WIDTH // 8, 1)
-    axis("eth_rx", True, ETH_WIDTH, ETH_WIDTH // 8, 1)
+    axis("eth_tx", False, eth_width, eth_width // 8, 1)
+    axis("eth_rx", True, eth_width, eth_width // 8, 1)
     ports.append(("loopback_enable", "in", 1))
     return ports
 
@@ -120,13 +130,15 @@ class VirtioNetEndpoint(wiring.Component):
         data_width: int = 256,
         core: str | Callable[[int], wiring.Component] = "virtio",
         dma_timeout_cycles: int = 1 << 16,
+        eth_width: int = ETH_WIDTH,
     ) -> None:
         check_data_width(data_width)
         self.data_width = data_width
+        self.eth_width = eth_width
         self._core_factory = CORES[core] if isinstance(core, str) else core
         self.dma_timeout_cycles = dma_timeout_cycles
         members = {}
-        for name, direction, width in top_ports(data_width):
+        for name, direction, width in top_ports(data_width, eth_width):
             members[name] = In(width) if direction == "in" else Out(width)
         super().__init__(members)
 
@@ -206,8 +218,13 @@ class VirtioNetEndpoint(wiring.Component):
 
         # ---- Ethernet: loopback inside at the core's width, or the external ports through width converters
         core_width = len(core.eth_tx.data)
-        m.submodules.eth_tx_conv = tx_conv = EthNarrower(core_width, ETH_WIDTH)
-        m.submodules.eth_rx_conv = rx_conv = EthWidener(ETH_WIDTH, core_width)
+        port_width = self.eth_width
+        if port_width <= core_width:
+            tx_conv, rx_conv = EthNarrower(core_width, port_width), EthWidener(port_width, core_width)
+        else:
+            tx_conv, rx_conv = EthWidener(core_width, port_width), EthNarrower(port_width, core_width)
+        m.submodules.eth_tx_conv = tx_conv
+        m.submodules.eth_rx_conv = rx_conv
         fields = ("data", "keep", "last", "user")
         with m.If(self.loopback_enable):
             for f in fields:
@@ -235,7 +252,7 @@ class VirtioNetEndpoint(wiring.Component):
         return m
 
 
-def generate_verilog(data_width: int = 256, core: str = "virtio") -> str:
-    """Verilog of ``virtio_net_endpoint`` for the given data width (the board scripts' entry point)."""
-    top = VirtioNetEndpoint(data_width, core=core)
+def generate_verilog(data_width: int = 256, core: str = "virtio", eth_width: int = ETH_WIDTH) -> str:
+    """Verilog of ``virtio_net_endpoint`` for the given data and Ethernet port widths (the board scripts' entry)."""
+    top = VirtioNetEndpoint(data_width, core=core, eth_width=eth_width)
     return verilog.convert(top, name=MODULE_NAME, emit_src=False)

@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--data-width", type=int, default=256, help="AXI-stream width of the PCIe interfaces (128, 256, 512)"
     )
     p.add_argument(
+        "--eth-width", type=int, default=64, help="Ethernet AXI-stream port width (64 for 10/25G .. 512 for 100G)"
+    )
+    p.add_argument(
         "--core",
         default="virtio",
         choices=["virtio", "test"],
@@ -31,16 +34,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hdl.pcie.tlp import SUPPORTED_DATA_WIDTHS
-    from hdl.top import MODULE_NAME, generate_verilog, top_ports
+    from hdl.top import ETH_WIDTHS, MODULE_NAME, generate_verilog, top_ports
 
     if args.data_width not in SUPPORTED_DATA_WIDTHS:
         raise CliError(f"--data-width must be one of {', '.join(map(str, SUPPORTED_DATA_WIDTHS))}")
+    if args.eth_width not in ETH_WIDTHS:
+        raise CliError(f"--eth-width must be one of {', '.join(map(str, ETH_WIDTHS))}")
     out: Path = args.output
     out.mkdir(parents=True, exist_ok=True)
-    text = generate_verilog(args.data_width, core=args.core)
+    text = generate_verilog(args.data_width, core=args.core, eth_width=args.eth_width)
     vfile = out / f"{MODULE_NAME}.v"
     vfile.write_text(text)
-    ports = [{"name": n, "direction": d, "width": w} for n, d, w in top_ports(args.data_width)]
+    ports = [{"name": n, "direction": d, "width": w} for n, d, w in top_ports(args.data_width, args.eth_width)]
     (out / f"{MODULE_NAME}.ports.json").write_text(json.dumps(ports, indent=1) + "\n")
-    print(f"wrote {vfile} ({len(text.splitlines())} lines, {len(ports)} ports, data width {args.data_width})")
+    print(
+        f"wrote {vfile} ({len(text.splitlines())} lines, {len(ports)} ports, data width {args.data_width}, "
+        f"Ethernet port {args.eth_width} bits)"
+    )
     return 0
