@@ -222,6 +222,9 @@ class EndpointBench:
         self.backpressure = backpressure
         self.seed = seed
         self.counters = BusCounters()
+        #: Called as ``watch(addr, nbytes)`` for every memory-write TLP the DUT puts on RQ, in RQ order
+        #: (e.g. :class:`sim.ordering.UsedAfterData`).
+        self.rq_write_watchers: list = []
         self.data_width = len(dut.m_axis_cq_tdata)
 
         self.rc = RootComplex()
@@ -382,6 +385,8 @@ class EndpointBench:
                     elif req_type == 1:
                         c.dma_write_requests += 1
                         c.dma_write_bytes += nbytes
+                        for watch in self.rq_write_watchers:
+                            watch(addr, nbytes)
                     if req_type in (0, 1) and len(c.requests) < c.log_limit:
                         c.requests.append(("R" if req_type == 0 else "W", addr, nbytes))
                     if req_type in (0, 1) and len(c.timed_requests) < c.timed_log_limit:

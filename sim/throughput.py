@@ -37,6 +37,7 @@ from host.demo import make_frame, parse_feature_list
 from host.driver import VirtioError
 from host.net import VirtioNetDriver
 from host.virtqueue import VirtqueueBroken, VirtqueueFull
+from sim.ordering import UsedAfterData
 from virtio_fpga import spec
 from virtio_fpga.spec import Feature
 
@@ -125,6 +126,7 @@ async def steady_state(
     seed: int = 1,
     stall_us: float = 200.0,
     drain: bool = False,
+    check_order: bool = False,
 ) -> dict[str, Any]:
     """Bring the device up, run ``warmup + frames (+ tail)`` frames in ``mode``, return the window's counts."""
     if mode not in MODES:
@@ -164,6 +166,11 @@ async def steady_state(
         negotiated=spec.feature_names(dev.driver_features),
         queue_size=txq.size,
     )
+    order = None
+    if check_order and mode != "tx":
+        # Every RX used element must follow its buffer's data on RQ (sim.ordering).
+        order = UsedAfterData(rxq.ring.iova, rxq.size, lambda slot: rxq.ring.read(slot * 16, 16))
+        bench.rq_write_watchers.append(order.on_write)
     if frame_bytes > drv.mtu + 14:
         result["errors"].append(f"frame of {frame_bytes} bytes exceeds the MTU {drv.mtu} + 14")
         return result
@@ -294,6 +301,11 @@ async def steady_state(
         }
     else:
         result["errors"].append(f"window not reached: {done} of {warmup + frames} frames")
+    if order is not None:
+        bench.rq_write_watchers.remove(order.on_write)
+        result["order"] = {"used_checked": order.used_seen, "violations": order.violations}
+        if order.violations:
+            result["errors"].append(f"{len(order.violations)} used elements before their data: {order.violations[0]}")
     result["ok"] = not result["errors"]
     try:
         await drv.stop()
