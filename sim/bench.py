@@ -8,6 +8,8 @@ Environment (set by :func:`sim.runner.run_scenario`):
 * ``VIRTIO_FPGA_BACKPRESSURE`` - "1" for idle/back-pressure insertion on the AXI streams; ``VIRTIO_FPGA_SEED``;
 * ``VIRTIO_FPGA_TARGET`` - "rtl" (default) or "soft": run the scenario on the software reference device
   (:mod:`sim.soft_peer`), attached as a second device on the same RootComplex as the RTL;
+* ``VIRTIO_FPGA_FAMILY`` - "usp" (default: :class:`sim.testbench.EndpointBench`) or "ptile"
+  (:class:`sim.ptile.PtileEndpointBench`), the hard IP the design was built for;
 * ``VIRTIO_FPGA_PEER`` - "soft": attach the software device too and pass its transport to the scenario as
   ``peer_transport`` (for side-by-side comparisons in one simulation).
 
@@ -45,7 +47,10 @@ async def run_scenario(dut) -> None:
     """Build the bench, enumerate, run the scenario, add statistics, write the JSON result."""
     fn = load_scenario(os.environ["VIRTIO_FPGA_SCENARIO"])
     args = json.loads(os.environ.get("VIRTIO_FPGA_ARGS", "{}") or "{}")
-    bench = await EndpointBench.create(
+    bench_cls = EndpointBench
+    if os.environ.get("VIRTIO_FPGA_FAMILY", "usp") == "ptile":
+        from sim.ptile import PtileEndpointBench as bench_cls
+    bench = await bench_cls.create(
         dut,
         backpressure=os.environ.get("VIRTIO_FPGA_BACKPRESSURE") == "1",
         seed=int(os.environ.get("VIRTIO_FPGA_SEED", "1")),
