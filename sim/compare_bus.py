@@ -66,12 +66,17 @@ async def run_both(
 
 
 def run_on_bus(
-    devices: list[str], scenarios: list[dict], *, faults: list[str] | None = None, core: str = "virtio"
+    devices: list[str],
+    scenarios: list[dict],
+    *,
+    faults: list[str] | None = None,
+    core: str = "virtio",
+    family: str = "usp",
 ) -> dict[str, Any]:
     """One simulation, both devices: returns ``{device: [trace, ...]}`` for the requested devices.
 
     ``core`` picks the RTL's core; ``"test"`` (the PCIe test core) serves runs that only use the software
-    device on the bus.
+    device on the bus.  ``family`` is the hard IP the RTL is built for and simulated behind.
     """
     from sim.runner import run_scenario as run_in_sim
 
@@ -80,5 +85,6 @@ def run_on_bus(
         {"scenarios": scenarios, "devices": devices, "faults": list(faults or [])},
         peer="soft" if "soft-pcie" in devices else None,
         core=core,
+        family=family,
     )
     return {device: result[device] for device in devices}

@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", type=Path, default=Path("results/bench.json"))
     p.add_argument("--device", default="rtl", choices=["rtl", "soft"])
     p.add_argument("--case", action="append", default=[], help="only these cases (by label)")
+    from virtio_fpga.commands.demo import add_family_argument
+
+    add_family_argument(p)
     p.set_defaults(func=run)
 
 
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         if args.case and label not in args.case:
             continue
         started = time.monotonic()
-        r = run_on_device(args.device, {"queue_size": 64, "batch": 16, **kwargs})
+        r = run_on_device(args.device, {"queue_size": 64, "batch": 16, **kwargs}, family=args.family)
         wall = time.monotonic() - started
         frames = r.get("frames_received", 0)
         row = {
@@ -69,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(row, sort_keys=True))
     out = {
         "device": args.device,
+        "family": args.family,
         "python": platform.python_version(),
         "command": "make bench",
         "results": results,

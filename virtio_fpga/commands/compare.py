@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--report", type=Path, default=None, help="write a report file (.html or .md)")
     p.add_argument("--list", action="store_true", help="list the named scenarios and exit")
+    from virtio_fpga.commands.demo import add_family_argument
+
+    add_family_argument(p)
     p.set_defaults(func=run)
 
 
@@ -79,7 +82,7 @@ def rtl_available() -> bool:
     return True
 
 
-def run_comparison(devices: list[str], scenarios: list, plant: str | None) -> dict[str, Any]:
+def run_comparison(devices: list[str], scenarios: list, plant: str | None, family: str = "usp") -> dict[str, Any]:
     from host.compare import compare_runs
     from host.softdev import Fault
 
@@ -107,7 +110,9 @@ def run_comparison(devices: list[str], scenarios: list, plant: str | None) -> di
             raise CliError("the simulated PCIe bus (sim/) is not available")
         from sim.compare_bus import run_on_bus
 
-        by_dev = run_on_bus(sim_devices, [sc.to_dict() for sc in scenarios], faults=[f.value for f in faults])
+        by_dev = run_on_bus(
+            sim_devices, [sc.to_dict() for sc in scenarios], faults=[f.value for f in faults], family=family
+        )
         for k, dev in enumerate(devices):
             if dev in sim_devices:
                 traces[k] = by_dev[dev]
@@ -188,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         devices = ["rtl", "soft-pcie"] if rtl_available() else ["soft", "soft"]
     scenarios = select_scenarios(args.scenario, args.seed, args.count)
-    report = run_comparison(devices, scenarios, args.plant)
+    report = run_comparison(devices, scenarios, args.plant, family=args.family)
     notes = _qemu_notes(report)
     if args.report:
         if args.report.suffix in (".html", ".htm"):

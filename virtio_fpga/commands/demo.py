@@ -37,7 +37,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--disable", default="", help="comma-separated feature names the driver must not accept")
     p.add_argument("--waves", action="store_true", help="rtl: dump waveforms")
+    add_family_argument(p)
     p.set_defaults(func=run)
+
+
+#: PCIe hard-IP families the RTL is built for (see sim.runner.FAMILIES; the CLI must not import sim/ early).
+FAMILIES = ("usp", "ptile")
+
+
+def add_family_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--family",
+        default="usp",
+        choices=FAMILIES,
+        help="rtl: the PCIe hard IP behind the gateware: usp (Xilinx UltraScale+) or ptile (Intel P-tile, VirtIO)",
+    )
 
 
 def demo_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -61,8 +75,11 @@ def demo_args(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def run_on_device(device: str, kwargs: dict[str, Any], *, waves: bool = False) -> dict[str, Any]:
-    """Run host.demo.run_demo on the named device; shared by demo, bench and compare."""
+def run_on_device(device: str, kwargs: dict[str, Any], *, waves: bool = False, family: str = "usp") -> dict[str, Any]:
+    """Run host.demo.run_demo on the named device; shared by demo, bench and compare.
+
+    ``family`` chooses the hard IP the RTL is built for and simulated behind (only for ``device="rtl"``).
+    """
     if device == "soft":
         from host.demo import run_demo
         from host.inproc import InProcessTransport
@@ -80,7 +97,7 @@ def run_on_device(device: str, kwargs: dict[str, Any], *, waves: bool = False) -
             from sim.runner import run_scenario
         except ImportError as exc:
             raise CliError(f"the RTL simulation is not available: {exc}") from None
-        return run_scenario("host.demo:run_demo", kwargs, waves=waves)
+        return run_scenario("host.demo:run_demo", kwargs, waves=waves, family=family)
     if device.startswith("vfio:"):
         try:
             from host.vfio import open_transport
@@ -106,7 +123,9 @@ def run_on_device(device: str, kwargs: dict[str, Any], *, waves: bool = False) -
 def run(args: argparse.Namespace) -> int:
     from host.demo import format_report
 
-    result = run_on_device(args.device, demo_args(args), waves=args.waves)
+    if args.family != "usp" and args.device != "rtl":
+        raise CliError(f"--family {args.family} applies to --device rtl only")
+    result = run_on_device(args.device, demo_args(args), waves=args.waves, family=args.family)
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:
