@@ -72,3 +72,18 @@ def test_ptile_demo_jumbo_frames_many_wraps() -> None:
     r = _run("host.demo:run_demo", {"frames": 100, "min_size": 60, "max_size": 9000, "seed": 9, "queue_size": 16})
     assert r["errors"] == 0, r.get("error_messages")
     assert r["frames_received"] == r["frames_intact"] == 100
+
+
+def test_ptile_rtl_matches_the_software_device_on_the_whole_library(capsys) -> None:
+    """Issue 11: on the P-tile build too, the driver cannot tell the gateware from the software device."""
+    import json
+
+    from host.scenario import library
+    from virtio_fpga.cli import main
+
+    rc = main(["compare", "--family", "ptile", "--devices", "rtl,soft-pcie", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["scenarios"] == len(library())
+    mismatches = [r for r in report["results"] if not r["match"]]
+    assert not mismatches, mismatches[0]["first_difference"]
+    assert rc == 0
