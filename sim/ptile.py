@@ -346,6 +346,12 @@ class PtileEndpointBench:
         await ep.set_master()
         return ep
 
+    def max_sizes(self) -> tuple[int, int]:
+        """(Max_Payload_Size, Max_Read_Request_Size) in bytes as the host programmed them in Device Control: what
+        the hard IP reports to the gateware on the configuration output bus (683059 4.9, register 0x00)."""
+        cap = self.dev.functions[0].pcie_cap
+        return 128 << cap.max_payload_size, 128 << cap.max_read_request_size
+
     async def cycles(self, n: int) -> None:
         for _ in range(n):
             await RisingEdge(self.dut.coreclkout_hip)

@@ -183,3 +183,18 @@ def test_bitstream_runs_quartus_when_present(tmp_path: Path, monkeypatch, capsys
 
 def test_bitstream_refuses_other_widths_for_ptile() -> None:
     assert cli_main(["bitstream", "--board", BOARD, "--data-width", "512", "--no-run", "-o", "/tmp/unused"]) == 2
+
+
+def test_synth_ptile_refuses_other_widths(tmp_path: Path) -> None:
+    assert cli_main(["synth", "--family", "ptile", "--data-width", "512", "-o", str(tmp_path), "--no-ecp5"]) == 2
+
+
+@pytest.mark.slow
+def test_synth_ptile_endpoint_xcup(tmp_path: Path, capsys) -> None:
+    """`virtio-fpga synth --family ptile`: figures for the P-tile build (the endpoint without the hard IP)."""
+    assert cli_main(["synth", "--family", "ptile", "--no-ecp5", "--json", "-o", str(tmp_path)]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["family"] == "ptile" and r["data_width"] == 256
+    names = " ".join(b["name"] for b in r["xcup"]["blocks"])
+    assert "rx" in names and "tx" in names and "dma" in names
+    assert r["luts"] > 10_000 and r["ffs"] > 3_000 and not r["xcup"]["unmapped_cells"]

@@ -5,7 +5,8 @@
   the hard IP may still send (ready latency, 683059 4.3.1) all fit, and none is lost;
 * TX: an RQ write becomes a P-tile header (3-dword below 4 GiB, 4-dword above: PCIe Base 2.2.4.1) with the
   payload moved to dword 0;
-* the arbiter: nothing before every credit limit has been seen, posted TLPs held back when header credits run
+* the arbiter: requests dropped while Bus Master Enable is off, nothing before every credit limit has been
+  seen, posted TLPs held back when header credits run
   out and released when the limit grows (PCIe Base 2.6.1.2), and ``tx_st_valid`` only where ``tx_st_ready`` was
   high 3 cycles before (683059 4.3.2).
 """
@@ -268,6 +269,16 @@ def test_arbiter_credits_and_ready_latency() -> None:
     ready.background = True
 
     async def source(ctx):
+        # with Bus Master Enable off a request is consumed and not sent (PCIe Base 7.5.1.1.3)
+        ctx.set(dut.rq.valid, 1)
+        ctx.set(dut.rq.sop, 1)
+        ctx.set(dut.rq.eop, 1)
+        ctx.set(dut.rq.hdr, hdr(0b000 << 29 | 1, 0x77 << 8 | 0xF, 0x2000))  # a read
+        await ctx.tick().until(dut.rq.ready)
+        ctx.set(dut.rq.valid, 0)
+        await ctx.tick().repeat(20)
+        assert ctx.get(dut.dropped_requests) == 1 and sent == []
+        ctx.set(dut.bus_master, 1)
         # three posted single-dword writes queued on the RQ port
         for i in range(3):
             ctx.set(dut.rq.valid, 1)

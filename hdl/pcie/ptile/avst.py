@@ -435,7 +435,12 @@ class TxArbiter(wiring.Component):
     * credits: header and data credits per type from ``tx_cdts_limit``/``tx_cdts_limit_tdm_idx`` (683059
       4.3.3); a type whose first advertised limit is 0 has infinite credits (PCIe Base 3.4.2: an initial
       advertisement of 0 means infinite).  Nothing is sent before every limit has been seen once;
-    * ``tx_st_valid`` only in cycles for which ``tx_st_ready`` was high 3 cycles before (683059 4.3.2).
+    * ``tx_st_valid`` only in cycles for which ``tx_st_ready`` was high 3 cycles before (683059 4.3.2);
+    * Bus Master Enable (``bus_master``, from the configuration output bus): while it is 0 the function must
+      not issue requests (PCIe Base 7.5.1.1.3), and the hard IP does not filter them for the application, so
+      DMA requests are consumed and dropped (``dropped_requests``): a read then times out in the DMA engine
+      with ``error``, as it would on a link that dropped it.  MSI-X writes are held back by the MSI-X block
+      (the top treats BME = 0 like a function mask).
     """
 
     def __init__(self, data_width: int = 256) -> None:
@@ -461,6 +466,8 @@ class TxArbiter(wiring.Component):
                 "cdts_limit": In(16),
                 "cdts_idx": In(3),
                 "credit_stalls": Out(32),  # cycles a TLP waited for credits
+                "bus_master": In(1),
+                "dropped_requests": Out(16),
             }
         )
 
@@ -540,6 +547,9 @@ class TxArbiter(wiring.Component):
                     m.d.sync += sel.eq(2)
                     consume(msi_hdr)
                     m.next = "SEND"
+                with m.Elif(self.rq.valid & ~self.bus_master):
+                    m.d.sync += self.dropped_requests.eq(self.dropped_requests + 1)
+                    m.next = "DROP"
                 with m.Elif(self.rq.valid & ok_for(self.rq.hdr)):
                     m.d.sync += sel.eq(1)
                     consume(self.rq.hdr)
@@ -583,6 +593,10 @@ class TxArbiter(wiring.Component):
                         ]
                         with m.If(tx_ok):
                             m.next = "IDLE"
+            with m.State("DROP"):
+                m.d.comb += self.rq.ready.eq(1)
+                with m.If(self.rq.valid & self.rq.eop):
+                    m.next = "IDLE"
         return m
 
 

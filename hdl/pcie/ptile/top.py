@@ -189,6 +189,7 @@ class PtileVirtioNetEndpoint(wiring.Component):
             tx.cdts_limit.eq(self.tx_cdts_limit),
             tx.cdts_idx.eq(self.tx_cdts_limit_tdm_idx),
             tx.tx_ready.eq(self.tx_st_ready),
+            tx.bus_master.eq(cfg.bus_master),
             self.tx_st_data.eq(tx.tx_data),
             self.tx_st_hdr.eq(tx.tx_hdr),
             self.tx_st_sop.eq(tx.tx_sop),
@@ -241,7 +242,8 @@ class PtileVirtioNetEndpoint(wiring.Component):
             msix.msix_sent.eq(tx.msi_ready),
             msix.msix_fail.eq(0),
             msix.msix_enable.eq(cfg.msix_enable),
-            msix.msix_mask.eq(cfg.msix_mask),
+            # with Bus Master Enable off no message may be sent (PCIe Base 7.5.1.1.3): kept pending like a mask
+            msix.msix_mask.eq(cfg.msix_mask | ~cfg.bus_master),
             core.msix_enabled.eq(cfg.msix_enable),
         ]
 
