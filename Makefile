@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SYSDEPS := $(VENV)/.sysdeps
 BOARD ?= alveo-u50
+# PCIe hard IP the RTL is built for in demo/compare/bench: usp (UltraScale+) or ptile (Intel P-tile, VirtIO option)
+FAMILY ?= usp
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: all demo test test-fast test-slow lint bench bench-full verilog synth bitstream vm-test compare clean distclean deps
@@ -32,8 +34,8 @@ deps: $(STAMP) $(SYSDEPS)
 # The main job: build the gateware, enumerate it on a simulated PCIe bus, run checked loopback traffic through
 # it with the host driver, then compare it event by event with the software reference device on the same bus.
 demo: deps
-	$(VENV)/bin/virtio-fpga demo --device rtl
-	$(VENV)/bin/virtio-fpga compare --report results/compare.html
+	$(VENV)/bin/virtio-fpga demo --device rtl --family $(FAMILY)
+	$(VENV)/bin/virtio-fpga compare --family $(FAMILY) --report results/compare.html
 
 test: deps
 	$(VENV)/bin/ruff check .
@@ -53,7 +55,7 @@ lint: deps
 # Steady-state throughput sweep in simulated cycles (a subset touching every axis; bench-full: all 336 cases).
 # Writes results/bench.json, results/bench.png and results/bench.html; one simulator per core.
 bench: deps
-	$(VENV)/bin/virtio-fpga bench --output results/bench.json
+	$(VENV)/bin/virtio-fpga bench --family $(FAMILY) --output results/bench.json
 
 bench-full: deps
 	$(VENV)/bin/virtio-fpga bench --full --output results/bench.json
@@ -68,7 +70,7 @@ bitstream: deps
 	$(VENV)/bin/virtio-fpga bitstream --board $(BOARD)
 
 compare: deps
-	$(VENV)/bin/virtio-fpga compare
+	$(VENV)/bin/virtio-fpga compare --family $(FAMILY)
 
 clean:
 	rm -rf build sim_build results .pytest_cache .ruff_cache

@@ -101,3 +101,43 @@ def _pass_through(m: Module, i, o) -> None:
     from inside, both are driven from outside the pair it sees, so it refuses them as two outputs.)"""
     m.d.comb += [o.valid.eq(i.valid), i.ready.eq(o.ready), o.data.eq(i.data), o.keep.eq(i.keep)]
     m.d.comb += [o.last.eq(i.last), o.user.eq(i.user)]
+
+
+def connect_ethernet(m: Module, core, top, port_width: int) -> None:
+    """Join the core's frame streams (DMA width) to a top level's ``eth_tx_t*``/``eth_rx_t*`` ports.
+
+    ``top.loopback_enable`` set: the core's TX stream feeds its RX stream at the core's width (so loopback runs
+    at the DMA width, not the port's) and the external ports are idle.  Clear: through width converters to the
+    ``port_width``-bit MAC ports.  Shared by every PCIe family's top level.
+    """
+    core_width = len(core.eth_tx.data)
+    if port_width <= core_width:
+        tx_conv, rx_conv = EthNarrower(core_width, port_width), EthWidener(port_width, core_width)
+    else:
+        tx_conv, rx_conv = EthWidener(core_width, port_width), EthNarrower(port_width, core_width)
+    m.submodules.eth_tx_conv = tx_conv
+    m.submodules.eth_rx_conv = rx_conv
+    fields = ("data", "keep", "last", "user")
+    with m.If(top.loopback_enable):
+        for f in fields:
+            m.d.comb += getattr(core.eth_rx, f).eq(getattr(core.eth_tx, f))
+        m.d.comb += [core.eth_rx.valid.eq(core.eth_tx.valid), core.eth_tx.ready.eq(core.eth_rx.ready)]
+    with m.Else():
+        for f in fields:
+            m.d.comb += getattr(tx_conv.i, f).eq(getattr(core.eth_tx, f))
+            m.d.comb += getattr(core.eth_rx, f).eq(getattr(rx_conv.o, f))
+        m.d.comb += [
+            tx_conv.i.valid.eq(core.eth_tx.valid),
+            core.eth_tx.ready.eq(tx_conv.i.ready),
+            core.eth_rx.valid.eq(rx_conv.o.valid),
+            rx_conv.o.ready.eq(core.eth_rx.ready),
+        ]
+    for f in fields:
+        m.d.comb += getattr(top, f"eth_tx_t{f}").eq(getattr(tx_conv.o, f))
+        m.d.comb += getattr(rx_conv.i, f).eq(getattr(top, f"eth_rx_t{f}"))
+    m.d.comb += [
+        top.eth_tx_tvalid.eq(tx_conv.o.valid),
+        tx_conv.o.ready.eq(top.eth_tx_tready),
+        rx_conv.i.valid.eq(top.eth_rx_tvalid),
+        top.eth_rx_tready.eq(rx_conv.i.ready),
+    ]

@@ -26,7 +26,7 @@ from amaranth.back import verilog
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hdl.ethwidth import EthNarrower, EthWidener
+from hdl.ethwidth import connect_ethernet
 from hdl.pcie.cfgext import ConfigExtendResponder
 from hdl.pcie.completer import BarCompleter
 from hdl.pcie.dma import DmaEngine
@@ -217,38 +217,7 @@ class VirtioNetEndpoint(wiring.Component):
         ]
 
         # ---- Ethernet: loopback inside at the core's width, or the external ports through width converters
-        core_width = len(core.eth_tx.data)
-        port_width = self.eth_width
-        if port_width <= core_width:
-            tx_conv, rx_conv = EthNarrower(core_width, port_width), EthWidener(port_width, core_width)
-        else:
-            tx_conv, rx_conv = EthWidener(core_width, port_width), EthNarrower(port_width, core_width)
-        m.submodules.eth_tx_conv = tx_conv
-        m.submodules.eth_rx_conv = rx_conv
-        fields = ("data", "keep", "last", "user")
-        with m.If(self.loopback_enable):
-            for f in fields:
-                m.d.comb += getattr(core.eth_rx, f).eq(getattr(core.eth_tx, f))
-            m.d.comb += [core.eth_rx.valid.eq(core.eth_tx.valid), core.eth_tx.ready.eq(core.eth_rx.ready)]
-        with m.Else():
-            for f in fields:
-                m.d.comb += getattr(tx_conv.i, f).eq(getattr(core.eth_tx, f))
-                m.d.comb += getattr(core.eth_rx, f).eq(getattr(rx_conv.o, f))
-            m.d.comb += [
-                tx_conv.i.valid.eq(core.eth_tx.valid),
-                core.eth_tx.ready.eq(tx_conv.i.ready),
-                core.eth_rx.valid.eq(rx_conv.o.valid),
-                rx_conv.o.ready.eq(core.eth_rx.ready),
-            ]
-        for f in fields:
-            m.d.comb += getattr(self, f"eth_tx_t{f}").eq(getattr(tx_conv.o, f))
-            m.d.comb += getattr(rx_conv.i, f).eq(getattr(self, f"eth_rx_t{f}"))
-        m.d.comb += [
-            self.eth_tx_tvalid.eq(tx_conv.o.valid),
-            tx_conv.o.ready.eq(self.eth_tx_tready),
-            rx_conv.i.valid.eq(self.eth_rx_tvalid),
-            self.eth_rx_tready.eq(rx_conv.i.ready),
-        ]
+        connect_ethernet(m, core, self, self.eth_width)
         return m
 
 

@@ -10,6 +10,8 @@ Environment (set by :func:`sim.runner.run_scenario`):
   own, about 10 cycles); see :class:`sim.testbench.ReadLatency`;
 * ``VIRTIO_FPGA_TARGET`` - "rtl" (default) or "soft": run the scenario on the software reference device
   (:mod:`sim.soft_peer`), attached as a second device on the same RootComplex as the RTL;
+* ``VIRTIO_FPGA_FAMILY`` - "usp" (default: :class:`sim.testbench.EndpointBench`) or "ptile"
+  (:class:`sim.ptile.PtileEndpointBench`), the hard IP the design was built for;
 * ``VIRTIO_FPGA_PEER`` - "soft": attach the software device too and pass its transport to the scenario as
   ``peer_transport`` (for side-by-side comparisons in one simulation).
 
@@ -51,7 +53,10 @@ async def run_scenario(dut) -> None:
     latency = float(os.environ.get("VIRTIO_FPGA_READ_LATENCY_NS", "0") or 0)
     if latency:  # only then: a bench class without the option still runs at the model's latency
         options["read_latency_ns"] = latency
-    bench = await EndpointBench.create(
+    bench_cls = EndpointBench
+    if os.environ.get("VIRTIO_FPGA_FAMILY", "usp") == "ptile":
+        from sim.ptile import PtileEndpointBench as bench_cls
+    bench = await bench_cls.create(
         dut,
         backpressure=os.environ.get("VIRTIO_FPGA_BACKPRESSURE") == "1",
         seed=int(os.environ.get("VIRTIO_FPGA_SEED", "1")),

@@ -72,12 +72,14 @@ def run_on_bus(
     faults: list[str] | None = None,
     core: str = "virtio",
     read_latency_ns: float | None = None,
+    family: str = "usp",
 ) -> dict[str, Any]:
     """One simulation, both devices: returns ``{device: [trace, ...]}`` for the requested devices.
 
     ``core`` picks the RTL's core; ``"test"`` (the PCIe test core) serves runs that only use the software
     device on the bus.  ``read_latency_ns``: the host's read latency, the same for both devices (they share the
-    root complex; None: ``VIRTIO_FPGA_READ_LATENCY_NS`` or 0).
+    root complex; None: ``VIRTIO_FPGA_READ_LATENCY_NS`` or 0).  ``family`` is the hard IP the RTL is built for
+    and simulated behind.
     """
     from sim.runner import run_scenario as run_in_sim
 
@@ -87,5 +89,6 @@ def run_on_bus(
         peer="soft" if "soft-pcie" in devices else None,
         core=core,
         read_latency_ns=read_latency_ns,
+        family=family,
     )
     return {device: result[device] for device in devices}

@@ -30,7 +30,11 @@ class SimulationError(RuntimeError):
     """The simulation ran but its cocotb test failed (or produced no result)."""
 
 
-def _design_key(data_width: int, core: str, waves: bool, timeout: int) -> str:
+#: PCIe families: "usp" (Xilinx UltraScale+, hdl/top.py) and "ptile" (Intel P-tile, hdl/pcie/ptile/top.py).
+FAMILIES = ("usp", "ptile")
+
+
+def _design_key(data_width: int, core: str, waves: bool, timeout: int, family: str = "usp") -> str:
     h = hashlib.sha256()
     # the stand-in core does not use hdl/virtio: its builds survive edits there
     hdl_files = [
@@ -42,7 +46,7 @@ def _design_key(data_width: int, core: str, waves: bool, timeout: int) -> str:
     for f in files:
         h.update(str(f.relative_to(REPO)).encode())
         h.update(f.read_bytes())
-    h.update(f"{data_width}:{core}:{waves}:{timeout}".encode())
+    h.update(f"{data_width}:{core}:{waves}:{timeout}:{family}".encode())
     return h.hexdigest()[:16]
 
 
@@ -61,11 +65,19 @@ def icarus_time_zero_fix(text: str) -> str:
 
 
 def build(
-    data_width: int = 256, *, core: str = "virtio", waves: bool = False, dma_timeout_cycles: int = 1 << 16
+    data_width: int = 256,
+    *,
+    core: str = "virtio",
+    waves: bool = False,
+    dma_timeout_cycles: int = 1 << 16,
+    family: str = "usp",
 ) -> Path:
     """Generate and compile the design; returns the build directory (cached)."""
-    key = _design_key(data_width, core, waves, dma_timeout_cycles)
-    build_dir = BUILD_ROOT / f"{TOPLEVEL}_{data_width}_{core}_{key}"
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, not {family!r}")
+    key = _design_key(data_width, core, waves, dma_timeout_cycles, family)
+    suffix = "" if family == "usp" else f"_{family}"
+    build_dir = BUILD_ROOT / f"{TOPLEVEL}_{data_width}_{core}{suffix}_{key}"
     source = build_dir / f"{TOPLEVEL}.v"
     stamp = build_dir / ".built"
     if stamp.exists():
@@ -74,19 +86,29 @@ def build(
     with open(build_dir / ".lock", "w") as lock:  # two processes building the same design: one builds
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not stamp.exists():
-            _build_locked(build_dir, source, stamp, data_width, core, waves, dma_timeout_cycles)
+            _build_locked(build_dir, source, stamp, data_width, core, waves, dma_timeout_cycles, family)
     return build_dir
 
 
 def _build_locked(
-    build_dir: Path, source: Path, stamp: Path, data_width: int, core: str, waves: bool, dma_timeout_cycles: int
+    build_dir: Path,
+    source: Path,
+    stamp: Path,
+    data_width: int,
+    core: str,
+    waves: bool,
+    dma_timeout_cycles: int,
+    family: str = "usp",
 ) -> None:
     from amaranth.back import verilog
     from cocotb_tools.runner import get_runner
 
-    from hdl.top import VirtioNetEndpoint
+    if family == "ptile":
+        from hdl.pcie.ptile.top import PtileVirtioNetEndpoint as Top
+    else:
+        from hdl.top import VirtioNetEndpoint as Top
 
-    top = VirtioNetEndpoint(data_width, core=core, dma_timeout_cycles=dma_timeout_cycles)
+    top = Top(data_width, core=core, dma_timeout_cycles=dma_timeout_cycles)
     source.write_text(icarus_time_zero_fix(verilog.convert(top, name=TOPLEVEL, emit_src=False)))
     runner = get_runner("icarus")
     runner.build(
@@ -110,17 +132,19 @@ def run_cocotb(
     waves: bool = False,
     extra_env: dict[str, str] | None = None,
     dma_timeout_cycles: int = 1 << 16,
+    family: str = "usp",
 ) -> Path:
     """Run cocotb tests; raises :class:`SimulationError` if any fails.  Returns the run directory."""
     from cocotb_tools.runner import get_results, get_runner
 
-    build_dir = build(data_width, core=core, waves=waves, dma_timeout_cycles=dma_timeout_cycles)
+    build_dir = build(data_width, core=core, waves=waves, dma_timeout_cycles=dma_timeout_cycles, family=family)
     run_dir = Path(tempfile.mkdtemp(prefix="run_", dir=build_dir))
     results = run_dir / "results.xml"
     log_file = run_dir / "sim.log"
     env = {
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
         "COCOTB_LOG_LEVEL": os.environ.get("COCOTB_LOG_LEVEL", "WARNING"),
+        "VIRTIO_FPGA_FAMILY": family,
     }
     env.update(extra_env or {})
     runner = get_runner("icarus")
@@ -187,6 +211,7 @@ def run_scenario(
     peer: str | None = None,
     sim_timeout_ms: float = 20.0,
     read_latency_ns: float | None = None,
+    family: str = "usp",
 ) -> dict:
     """Run ``module:function`` against the RTL; returns its dict plus ``sim_cycles``, DMA counts, guard check.
 
@@ -197,6 +222,8 @@ def run_scenario(
     ``read_latency_ns`` delays the completions of every host memory read by that much (reads stay pipelined,
     see :class:`sim.testbench.ReadLatency`); ``None`` takes ``VIRTIO_FPGA_READ_LATENCY_NS`` from the
     environment (default 0, the model's own latency), so a whole test run can be repeated at a real host's.
+    ``family`` picks the PCIe hard IP the endpoint is built for and simulated behind: ``"usp"`` (UltraScale+,
+    :mod:`sim.usp`) or ``"ptile"`` (Intel P-tile with the VirtIO option, :mod:`sim.ptile`).
     """
     if read_latency_ns is None:
         read_latency_ns = read_latency_from_env()
@@ -214,7 +241,13 @@ def run_scenario(
             "VIRTIO_FPGA_READ_LATENCY_NS": repr(float(read_latency_ns)),
         }
         run_dir = run_cocotb(
-            "sim.bench", testcase="run_scenario", data_width=data_width, core=core, waves=waves, extra_env=env
+            "sim.bench",
+            testcase="run_scenario",
+            data_width=data_width,
+            core=core,
+            waves=waves,
+            extra_env=env,
+            family=family,
         )
         if not result_path.exists():
             raise SimulationError(f"scenario {scenario} wrote no result ({run_dir})")

@@ -172,8 +172,11 @@ async def testcore_dma_copy(transport, cases: list[list[int]] | None = None, see
     results = []
     log = transport.bench.counters.requests
     dut = transport.bench.dut
-    mps = 128 << int(dut.cfg_max_payload.value)
-    mrrs = 128 << int(dut.cfg_max_read_req.value)
+    if hasattr(transport.bench, "max_sizes"):  # the P-tile bench: the values in force, as the hard IP reports them
+        mps, mrrs = transport.bench.max_sizes()
+    else:
+        mps = 128 << int(dut.cfg_max_payload.value)
+        mrrs = 128 << int(dut.cfg_max_read_req.value)
     for src_off, dst_off, length in cases:
         src = transport.alloc_dma(src_off + length, align=4096)
         dst = transport.alloc_dma(dst_off + length, align=4096)
@@ -290,8 +293,12 @@ async def testcore_dma_batch(
     }
 
 
-async def testcore_msix(transport) -> dict:
-    """MSI-X delivery, per-vector masking with the pending bit, function masking."""
+async def testcore_msix(transport, mask_settle_us: float = 0.0) -> dict:
+    """MSI-X delivery, per-vector masking with the pending bit, function masking.
+
+    ``mask_settle_us``: time between setting the Function Mask and requesting the interrupt, for hard IPs that
+    report Message Control to user logic with a delay (the P-tile's time-multiplexed configuration output bus).
+    """
     out: dict = {}
     n = await transport.enable_msix(device_map.NUM_MSIX_VECTORS)
     out["granted"] = n
@@ -319,6 +326,8 @@ async def testcore_msix(transport) -> dict:
     msix_cap = next(c["offset"] for c in caps if c["id"] == spec.PCI_CAP_ID_MSIX)
     ctrl = await transport.config_read(msix_cap + 2, 2)
     await transport.config_write(msix_cap + 2, 2, ctrl | (1 << 14))
+    if mask_settle_us:
+        await transport.sleep(mask_settle_us * 1e-6)
     await transport.bar_write(0, tc.REG_IRQ, 4, 2)
     out["function_masked_fired"] = await transport.wait_irq(2, 3e-6)
     await transport.config_write(msix_cap + 2, 2, ctrl & ~(1 << 14))

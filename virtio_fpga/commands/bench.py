@@ -73,6 +73,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="render a saved bench.json (table, --markdown, plot); run nothing",
     )
+    from virtio_fpga.commands.demo import add_family_argument
+
+    add_family_argument(p)
     p.set_defaults(func=run)
 
 
@@ -106,7 +109,7 @@ def select_cases(args: argparse.Namespace) -> list:
     return cases
 
 
-def run_case(case_dict: dict[str, Any], frames: int | None) -> dict[str, Any]:
+def run_case(case_dict: dict[str, Any], frames: int | None, family: str = "usp") -> dict[str, Any]:
     """One case in this (worker) process: the simulator runs as its child.  Never raises."""
     from sim.benchmath import Case
     from sim.runner import SimulationError, run_scenario
@@ -115,7 +118,10 @@ def run_case(case_dict: dict[str, Any], frames: int | None) -> dict[str, Any]:
     started = time.monotonic()
     try:
         raw = run_scenario(
-            "sim.throughput:steady_state", case.scenario_args(frames), read_latency_ns=case.read_latency_ns
+            "sim.throughput:steady_state",
+            case.scenario_args(frames),
+            read_latency_ns=case.read_latency_ns,
+            family=family,
         )
     except (SimulationError, OSError, ValueError) as exc:
         raw = {"ok": False, "errors": [f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"]}
@@ -143,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     started = time.monotonic()
     err.print(f"bench: {len(cases)} cases, {min(args.jobs, len(cases))} in parallel; building the design")
-    build(256)  # once, before the workers: they find it cached
+    build(256, family=args.family)  # once, before the workers: they find it cached
     rows: list[dict[str, Any] | None] = [None] * len(cases)
     raws: list[dict[str, Any] | None] = [None] * len(cases)
     columns = (
@@ -154,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     )
     with Progress(*columns, console=err, transient=False) as progress, ProcessPoolExecutor(args.jobs) as pool:
         task = progress.add_task("bench", total=len(cases))
-        pending = {pool.submit(run_case, c.as_dict(), args.frames): i for i, c in enumerate(cases)}
+        pending = {pool.submit(run_case, c.as_dict(), args.frames, args.family): i for i, c in enumerate(cases)}
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
@@ -175,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
     bringups = sorted({r["bringup_cycles"] for r in done if r.get("bringup_cycles")})
     first_raw = next((r for r in raws if r and "eth_width" in r), {})
     doc = {
+        "family": args.family,
         "clock_mhz": CLOCK_MHZ,
         "data_width": first_raw.get("data_width", 256),
         "eth_width": first_raw.get("eth_width"),

@@ -30,9 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--report", type=Path, default=None, help="write a report file (.html or .md)")
     p.add_argument("--list", action="store_true", help="list the named scenarios and exit")
-    from virtio_fpga.commands.demo import add_read_latency_argument
+    from virtio_fpga.commands.demo import add_family_argument, add_read_latency_argument
 
     add_read_latency_argument(p)
+    add_family_argument(p)
     p.set_defaults(func=run)
 
 
@@ -83,7 +84,7 @@ def rtl_available() -> bool:
 
 
 def run_comparison(
-    devices: list[str], scenarios: list, plant: str | None, read_latency_ns: float | None = None
+    devices: list[str], scenarios: list, plant: str | None, read_latency_ns: float | None = None, family: str = "usp"
 ) -> dict[str, Any]:
     from host.compare import compare_runs
     from host.softdev import Fault
@@ -119,6 +120,7 @@ def run_comparison(
             [sc.to_dict() for sc in scenarios],
             faults=[f.value for f in faults],
             read_latency_ns=read_latency_ns,
+            family=family,
         )
         for k, dev in enumerate(devices):
             if dev in sim_devices:
@@ -200,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         devices = ["rtl", "soft-pcie"] if rtl_available() else ["soft", "soft"]
     scenarios = select_scenarios(args.scenario, args.seed, args.count)
-    report = run_comparison(devices, scenarios, args.plant, args.read_latency_ns)
+    report = run_comparison(devices, scenarios, args.plant, args.read_latency_ns, family=args.family)
     notes = _qemu_notes(report)
     if args.report:
         if args.report.suffix in (".html", ".htm"):

@@ -38,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--disable", default="", help="comma-separated feature names the driver must not accept")
     p.add_argument("--waves", action="store_true", help="rtl: dump waveforms")
     add_read_latency_argument(p)
+    add_family_argument(p)
     p.set_defaults(func=run)
 
 
@@ -63,6 +64,19 @@ def add_read_latency_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
+#: PCIe hard-IP families the RTL is built for (see sim.runner.FAMILIES; the CLI must not import sim/ early).
+FAMILIES = ("usp", "ptile")
+
+
+def add_family_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--family",
+        default="usp",
+        choices=FAMILIES,
+        help="rtl: the PCIe hard IP behind the gateware: usp (Xilinx UltraScale+) or ptile (Intel P-tile, VirtIO)",
+    )
+
+
 def demo_args(args: argparse.Namespace) -> dict[str, Any]:
     from host.demo import parse_feature_list
 
@@ -85,11 +99,17 @@ def demo_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_on_device(
-    device: str, kwargs: dict[str, Any], *, waves: bool = False, read_latency_ns: float | None = None
+    device: str,
+    kwargs: dict[str, Any],
+    *,
+    waves: bool = False,
+    read_latency_ns: float | None = None,
+    family: str = "usp",
 ) -> dict[str, Any]:
     """Run host.demo.run_demo on the named device; shared by demo, bench and compare.
 
-    ``read_latency_ns`` is the simulated root complex's host read latency (rtl only; None: the environment's).
+    ``read_latency_ns`` is the simulated root complex's host read latency (rtl only; None: the environment's);
+    ``family`` chooses the hard IP the RTL is built for and simulated behind (only for ``device="rtl"``).
     """
     if read_latency_ns and device != "rtl":
         raise CliError("--read-latency-ns applies to the simulated PCIe bus: use --device rtl")
@@ -110,7 +130,7 @@ def run_on_device(
             from sim.runner import run_scenario
         except ImportError as exc:
             raise CliError(f"the RTL simulation is not available: {exc}") from None
-        return run_scenario("host.demo:run_demo", kwargs, waves=waves, read_latency_ns=read_latency_ns)
+        return run_scenario("host.demo:run_demo", kwargs, waves=waves, read_latency_ns=read_latency_ns, family=family)
     if device.startswith("vfio:"):
         try:
             from host.vfio import open_transport
@@ -136,7 +156,11 @@ def run_on_device(
 def run(args: argparse.Namespace) -> int:
     from host.demo import format_report
 
-    result = run_on_device(args.device, demo_args(args), waves=args.waves, read_latency_ns=args.read_latency_ns)
+    if args.family != "usp" and args.device != "rtl":
+        raise CliError(f"--family {args.family} applies to --device rtl only")
+    result = run_on_device(
+        args.device, demo_args(args), waves=args.waves, read_latency_ns=args.read_latency_ns, family=args.family
+    )
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:

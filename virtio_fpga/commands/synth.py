@@ -30,6 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--markdown", action="store_true", help="print the figures as a Markdown table (for READMEs)")
     p.add_argument("--from-json", type=Path, metavar="FILE", help="render a saved `synth --json` result, run nothing")
     p.add_argument("--data-width", type=int, default=256, choices=(128, 256, 512), help="AXI-stream width")
+    p.add_argument(
+        "--family",
+        default="usp",
+        choices=("usp", "ptile"),
+        help="the endpoint built for the UltraScale+ user interface (usp) or the P-tile Avalon-ST one (ptile, 256)",
+    )
     p.add_argument("-o", "--output", type=Path, default=Path("build/synth"), help="work directory (logs, netlists)")
     p.add_argument("--depth", type=int, default=2, help="hierarchy depth of the blocks reported separately")
     p.add_argument("--ecp5-device", default="LFE5UM5G-85F", help="ECP5 part for place-and-route")
@@ -46,13 +52,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _endpoint(data_width: int) -> tuple[str, list[tuple[str, str, int]]]:
-    """The endpoint's Verilog and port list, from hdl/top.py (imported late: it needs Amaranth)."""
+def _endpoint(data_width: int, family: str = "usp") -> tuple[str, list[tuple[str, str, int]]]:
+    """The endpoint's Verilog and port list, from hdl/top.py or hdl/pcie/ptile/top.py (imported late)."""
     try:
-        from hdl import top
+        if family == "ptile":
+            from hdl.pcie.ptile import top as ptile_top
+
+            if data_width != 256:
+                raise CliError(f"--data-width {data_width}: the P-tile build implements 256 bits")
+        else:
+            from hdl import top
     except ImportError as exc:  # the 'hdl' extra missing, or the endpoint not written yet
         raise CliError(f"cannot import the endpoint (hdl.top): {exc}") from exc
     try:
+        if family == "ptile":
+            return ptile_top.generate_verilog(data_width=data_width), list(ptile_top.ptile_top_ports(data_width))
         return top.generate_verilog(data_width=data_width), list(top.top_ports(data_width))
     except Exception as exc:  # an elaboration error of the design is reported, not a crash of this command
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -66,9 +80,10 @@ def collect(args: argparse.Namespace) -> dict:
     if args.ecp5_device not in opentools.ECP5_DEVICES:
         raise CliError(f"unknown ECP5 device {args.ecp5_device}; known: {', '.join(opentools.ECP5_DEVICES)}")
     t0 = time.monotonic()
+    family = getattr(args, "family", "usp")
     with StepReporter("synth") as progress:
-        progress.update(f"elaborating the endpoint ({args.data_width} bits, Amaranth -> Verilog)")
-        verilog, ports = _endpoint(args.data_width)
+        progress.update(f"elaborating the endpoint ({family}, {args.data_width} bits, Amaranth -> Verilog)")
+        verilog, ports = _endpoint(args.data_width, family)
         out = args.output.resolve()
         progress.watch(lambda: flow_steps(out, since=time.time() - progress.elapsed, ecp5=not args.no_ecp5))
         return _collect_flows(args, verilog, ports, out, t0)
@@ -104,13 +119,16 @@ def flow_steps(out: Path, *, since: float, ecp5: bool) -> str:
 def _collect_flows(args: argparse.Namespace, verilog: str, ports: list, out: Path, t0: float) -> dict:
     from boards import opentools
 
+    family = getattr(args, "family", "usp")
+    clock = "coreclkout_hip" if family == "ptile" else "user_clk"
+
     # The two flows are independent single-threaded tool runs: on two cores they run side by side.
     with ThreadPoolExecutor(max_workers=2) as pool:
         xf = pool.submit(opentools.synth_xcup, verilog, "virtio_net_endpoint", out / "xcup", depth=args.depth)
         ef = None
         if not args.no_ecp5:
             ef = pool.submit(
-                opentools.pnr_ecp5, verilog, "virtio_net_endpoint", ports, out / "ecp5", clock="user_clk",
+                opentools.pnr_ecp5, verilog, "virtio_net_endpoint", ports, out / "ecp5", clock=clock,
                 device=args.ecp5_device, package=args.ecp5_package, target_mhz=args.freq, seed=args.seed,
                 timing_driven=args.ecp5_timing_driven,
             )  # fmt: skip
@@ -120,6 +138,7 @@ def _collect_flows(args: argparse.Namespace, verilog: str, ports: list, out: Pat
         except opentools.ToolError as exc:
             raise CliError(str(exc).splitlines()[0]) from exc
     result: dict = {
+        "family": family,
         "data_width": args.data_width,
         "luts": x.total.luts,
         "ffs": x.total.ffs,
@@ -156,7 +175,8 @@ def _print_tables(r: dict) -> None:
     from rich.table import Table
 
     console = Console()
-    t = Table(title=f"UltraScale+ (Yosys synth_xilinx -family xcup), data width {r['data_width']}")
+    build = "P-tile Avalon-ST build" if r.get("family") == "ptile" else "UltraScale+ build"
+    t = Table(title=f"{build}: Yosys synth_xilinx -family xcup, data width {r['data_width']}")
     for col in ("block", "LUTs", "of which LUTRAM/SRL", "FFs", "BRAM36", "URAM", "DSPs", "CARRY"):
         t.add_column(col, justify="left" if col == "block" else "right")
     rows = [*r["xcup"]["blocks"], r["xcup"]["total"]]

@@ -29,6 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=["virtio", "test"],
         help="'test' builds the PCIe-only stand-in core instead of the virtio core",
     )
+    p.add_argument(
+        "--family",
+        default="usp",
+        choices=["usp", "ptile"],
+        help="usp: UltraScale+ port names (hdl/top.py); ptile: Intel P-tile Avalon-ST (hdl/pcie/ptile/top.py, 256)",
+    )
     p.set_defaults(func=run)
 
 
@@ -36,6 +42,10 @@ def run(args: argparse.Namespace) -> int:
     from hdl.pcie.tlp import SUPPORTED_DATA_WIDTHS
     from hdl.top import ETH_WIDTHS, MODULE_NAME, generate_verilog, top_ports
 
+    if getattr(args, "family", "usp") == "ptile":
+        from hdl.pcie.ptile.avst import SUPPORTED_DATA_WIDTHS
+        from hdl.pcie.ptile.top import generate_verilog
+        from hdl.pcie.ptile.top import ptile_top_ports as top_ports
     if args.data_width not in SUPPORTED_DATA_WIDTHS:
         raise CliError(f"--data-width must be one of {', '.join(map(str, SUPPORTED_DATA_WIDTHS))}")
     if args.eth_width not in ETH_WIDTHS:
