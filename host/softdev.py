@@ -150,6 +150,10 @@ class SoftVirtioNet:
         self.kick_hook: Callable[[], None] | None = None
         #: Frames leaving the device when no loopback (an external port); None means loop back to RX.
         self.port_out: Callable[[bytes], None] | None = None
+        #: Where interrupts go when the platform emulates the MSI-X table (a VMM does: QEMU's vfio-user client
+        #: keeps the table itself and hands one eventfd per vector).  Called with the vector (or NO_VECTOR when
+        #: only the ISR says why); None means the device writes MSI-X messages from its own table.
+        self.irq_hook: Callable[[int], None] | None = None
         self.errors: list[DeviceError] = []
         self.counters = DeviceCounters()
         self._build_config_space()
@@ -254,6 +258,14 @@ class SoftVirtioNet:
         value = await self.bar_read(dm.BAR, fields["offset"], length)
         self.config_space[base + 16 : base + 16 + length] = value.to_bytes(length, "little")
         return value
+
+    def pci_reset(self) -> None:
+        """Function-level reset (VFIO_USER_DEVICE_RESET, PCIe FLR): virtio reset plus config space and MSI-X."""
+        self._generation += 1
+        self._reset_registers()
+        self._build_config_space()
+        self.msix_table = [spec.MSIX_ENTRY.from_int(spec.MSIX_VECTOR_MASKED << 96) for _ in range(dm.NUM_MSIX_VECTORS)]
+        self.msix_pending = 0  # provisioning (the management plane's mask) survives a reset of the function
 
     # ============================================ BAR 0 ======================================================
     async def bar_read(self, bar: int, offset: int, size: int) -> int:
@@ -764,6 +776,10 @@ class SoftVirtioNet:
 
     # ============================================ MSI-X ======================================================
     async def _interrupt(self, vector: int) -> None:
+        if self.irq_hook is not None:
+            self.counters.interrupts += 1
+            self.irq_hook(vector)
+            return
         if vector == spec.VIRTIO_MSI_NO_VECTOR or vector >= dm.NUM_MSIX_VECTORS or not self.msix_enabled:
             return  # the ISR bit stays set for a driver that polls it
         entry = self.msix_table[vector]

@@ -1,0 +1,127 @@
+"""The software reference device (``host.softdev.SoftVirtioNet``) behind a vfio-user socket, under asyncio.
+
+Configuration space and BAR 0 are the device's own; its DMA goes to the client's mapped memory at the addresses
+the guest programmed (guest-physical, or IOVAs when the guest has a vIOMMU); its interrupts go to the eventfds
+the client set (QEMU keeps the MSI-X table, so the device raises vectors, see ``SoftVirtioNet.irq_hook``).
+The Ethernet port loops back unless a :class:`vfio_user.port.DatagramPort` joins it to another device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from host.softdev import CONFIG_SPACE_SIZE, SoftVirtioNet
+from vfio_user import server
+from vfio_user.memory import GuestMemory
+from vfio_user.port import DatagramPort
+from vfio_user.protocol import Command, Message
+from vfio_user.server import Interrupts
+from virtio_fpga import device_map as dm
+
+log = logging.getLogger("vfio_user.soft")
+
+
+class SoftBackend:
+    """:class:`vfio_user.server.Backend` for the software device."""
+
+    def __init__(self, device: SoftVirtioNet | None = None, *, mac: bytes | None = None) -> None:
+        self.device = device or SoftVirtioNet(mac=mac or dm.DEFAULT_MAC)
+        self.device.kick_hook = self._kick
+        self.device.irq_hook = self._irq
+        self.config_size = CONFIG_SPACE_SIZE
+        self.bar_sizes = {dm.BAR: dm.BAR_SIZE}
+        self.msix_vectors = dm.NUM_MSIX_VECTORS
+        self.irqs: Interrupts | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self.service_errors: list[BaseException] = []
+
+    def attach(self, memory: GuestMemory, irqs: Interrupts) -> None:
+        self.device.dma = memory
+        self.irqs = irqs
+
+    def _irq(self, vector: int) -> None:
+        if self.irqs is not None:
+            self.irqs.signal(vector)
+
+    def _kick(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.device.service())
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.service_errors.append(task.exception())
+            log.error("device service task failed: %r", task.exception())
+
+    def intx_asserted(self) -> bool:
+        return bool(self.device.isr)
+
+    async def config_read(self, offset: int, size: int) -> bytes:
+        return (await self.device.config_read(offset, size)).to_bytes(size, "little")
+
+    async def config_write(self, offset: int, data: bytes) -> None:
+        await self.device.config_write(offset, len(data), int.from_bytes(data, "little"))
+
+    async def bar_read(self, bar: int, offset: int, size: int) -> bytes:
+        return (await self.device.bar_read(bar, offset, size)).to_bytes(size, "little")
+
+    async def bar_write(self, bar: int, offset: int, data: bytes) -> None:
+        await self.device.bar_write(bar, offset, len(data), int.from_bytes(data, "little"))
+
+    async def reset(self) -> None:
+        self.device.pci_reset()
+
+
+def attach_port(device: SoftVirtioNet, port: DatagramPort) -> None:
+    """Join the device's Ethernet port to a datagram link instead of its loopback."""
+    device.port_out = port.send
+
+    def incoming() -> None:
+        while (frame := port.receive()) is not None:
+            device.receive_frame(frame)
+
+    asyncio.get_running_loop().add_reader(port.fileno(), incoming)
+
+
+def slow_probe(seconds: float) -> Callable[[Message], float]:
+    """A delay for every BAR access (the driver's probe and use): a server that answers slowly."""
+
+    def delay(msg: Message) -> float:
+        if msg.command in (Command.REGION_READ, Command.REGION_WRITE) and msg.payload[8:12] == b"\0\0\0\0":
+            return seconds
+        return 0.0
+
+    return delay
+
+
+async def run(
+    socket_path: Path,
+    *,
+    port: tuple[Path, Path] | None = None,
+    mac: bytes | None = None,
+    once: bool = False,
+    slow: float = 0.0,
+    on_listen: Callable[[str], None] = print,
+) -> SoftBackend:
+    """Serve one software device on ``socket_path`` until stopped (or, with ``once``, its first client leaves)."""
+    backend = SoftBackend(mac=mac)
+    link = DatagramPort(*port) if port else None
+    if link is not None:
+        attach_port(backend.device, link)
+    sock = server.listen(socket_path)
+    where = f"{socket_path}" + (f", port {link.local} -> {link.remote}" if link else ", port: loopback")
+    on_listen(f"vfio-user: soft device listening on {where}")
+    try:
+        await server.serve_asyncio(
+            sock, backend, once=once, name=f"soft@{Path(socket_path).name}", delay=slow_probe(slow) if slow else None
+        )
+    finally:
+        sock.close()
+        if link is not None:
+            asyncio.get_running_loop().remove_reader(link.fileno())
+            link.close()
+    return backend
