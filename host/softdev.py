@@ -120,6 +120,8 @@ _PER_QUEUE_ATTR = {
 }
 
 CONFIG_SPACE_SIZE = 256
+PCI_CAP_ID_EXP = 0x10
+PCI_EXP_DEVCAP_FLR = 1 << 28
 
 
 class SoftVirtioNet:
@@ -135,6 +137,7 @@ class SoftVirtioNet:
         faults: frozenset[Fault] = frozenset(),
         backlog_limit: int = 256,
         caps_start: int = 0x40,
+        pcie_cap: bool = False,
     ) -> None:
         unsupported = device_features & ~dm.IMPLEMENTED_FEATURES
         if unsupported:
@@ -147,6 +150,10 @@ class SoftVirtioNet:
         self.backlog_limit = backlog_limit
         #: Where the virtio capabilities start in config space (a PCIe peer puts its own caps before them).
         self.caps_start = caps_start
+        #: Whether the device presents its own PCI Express capability (with Function Level Reset).  A VMM that
+        #: passes the device through needs it (Linux's vfio-pci resets functions by FLR); on the simulated
+        #: bus the hard-IP model presents the PCIe capability instead.
+        self.has_pcie_cap = pcie_cap
         self.kick_hook: Callable[[], None] | None = None
         #: Frames leaving the device when no loopback (an external port); None means loop back to RX.
         self.port_out: Callable[[bytes], None] | None = None
@@ -193,6 +200,17 @@ class SoftVirtioNet:
         put(spec.PCI_CAPABILITY_LIST, 1, self.caps_start)
         put(self.msix_cap + 0, 1, spec.PCI_CAP_ID_MSIX)
         put(self.msix_cap + 1, 1, 0)
+        self.pcie_cap = 0
+        if self.has_pcie_cap:
+            # PCIe capability v2, endpoint (PCIe base spec 7.5.3): DevCap with FLR (bit 28) and 256-byte max
+            # payload, link x1 Gen1 for the record; everything else reads zero.
+            self.pcie_cap = self.msix_cap + 12
+            put(self.msix_cap + 1, 1, self.pcie_cap)
+            put(self.pcie_cap + 0, 1, PCI_CAP_ID_EXP)
+            put(self.pcie_cap + 2, 2, 0x0002)  # version 2, device/port type 0 (PCI Express endpoint)
+            put(self.pcie_cap + 4, 4, PCI_EXP_DEVCAP_FLR | 0x1)
+            put(self.pcie_cap + 12, 4, 0x11)  # link capabilities: 2.5 GT/s, x1
+            put(self.pcie_cap + 18, 2, 0x11)  # link status: 2.5 GT/s, x1
         put(self.msix_cap + 2, 2, dm.NUM_MSIX_VECTORS - 1)
         put(self.msix_cap + 4, 4, dm.MSIX_TABLE_OFFSET | dm.BAR)
         put(self.msix_cap + 8, 4, dm.MSIX_PBA_OFFSET | dm.BAR)
@@ -239,6 +257,11 @@ class SoftVirtioNet:
             cs[0x10:0x18] = bar.to_bytes(8, "little")
         elif addr == self.msix_cap + 3:  # MSI-X enable (bit 15) and function mask (bit 14)
             cs[addr] = byte & 0xC0
+        elif self.pcie_cap and addr in (self.pcie_cap + 8, self.pcie_cap + 9):  # device control
+            if addr == self.pcie_cap + 9 and byte & 0x80:  # Initiate Function Level Reset: reads back 0
+                self.pci_reset()
+                return
+            cs[addr] = byte & (0xFF if addr == self.pcie_cap + 8 else 0x7F)
         elif self.pci_cfg_cap + 4 <= addr < self.pci_cfg_cap + 20 and addr not in range(
             self.pci_cfg_cap + 5, self.pci_cfg_cap + 8
         ):

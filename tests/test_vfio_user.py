@@ -297,3 +297,45 @@ def test_disconnect_unmaps_memory_and_closes_irq_fds() -> None:
     assert backend.device.status == 1, "the device keeps its state across a client disconnect"
     os.close(fd)
     os.close(efd)
+
+
+def test_flr_through_the_pcie_capability_resets_the_function(served) -> None:
+    """Linux's vfio-pci resets a function by FLR: the device offers it (DevCap bit 28) and performs it."""
+    client, _, backend = served
+    client.version()
+    config = client.read(PciRegion.CONFIG, 0, 256)
+    pos, caps = config[0x34], {}
+    while pos:
+        caps[config[pos]] = pos
+        pos = config[pos + 1]
+    assert {spec.PCI_CAP_ID_VNDR, spec.PCI_CAP_ID_MSIX, 0x10} <= caps.keys()
+    exp = caps[0x10]
+    assert int.from_bytes(config[exp + 4 : exp + 8], "little") >> 28 & 1, "FLR capable"
+    client.write(PciRegion.BAR0, 0x14, b"\x01")
+    client.write(PciRegion.CONFIG, exp + 8, (0x8000).to_bytes(2, "little"))  # Initiate Function Level Reset
+    assert backend.device.status == 0
+    assert client.read(PciRegion.CONFIG, exp + 8, 2) == b"\0\0"
+
+
+def test_datagram_ports_queue_frames_instead_of_dropping(tmp_path) -> None:
+    """More frames than a UNIX datagram queue holds: none is lost, they wait until the peer reads."""
+    from vfio_user.port import DatagramPort
+
+    a = DatagramPort(tmp_path / "a", tmp_path / "b")
+    b = DatagramPort(tmp_path / "b", tmp_path / "a")
+    waiting = []
+    a.on_backlog = waiting.append
+    frames = [bytes([i]) * (60 + i) for i in range(50)]
+    for frame in frames:
+        a.send(frame)
+    assert waiting == [True] and a.queue, "the peer's queue filled up: frames wait"
+    got = []
+    while len(got) < len(frames):
+        while (frame := b.receive()) is not None:
+            got.append(frame)
+        a.flush()
+    assert got == frames and a.dropped == 0 and waiting == [True, False]
+    b.close()
+    a.send(b"x" * 60)
+    assert a.dropped == 1, "nobody listens: dropped and counted"
+    a.close()

@@ -28,7 +28,7 @@ class SoftBackend:
     """:class:`vfio_user.server.Backend` for the software device."""
 
     def __init__(self, device: SoftVirtioNet | None = None, *, mac: bytes | None = None) -> None:
-        self.device = device or SoftVirtioNet(mac=mac or dm.DEFAULT_MAC)
+        self.device = device or SoftVirtioNet(mac=mac or dm.DEFAULT_MAC, pcie_cap=True)
         self.device.kick_hook = self._kick
         self.device.irq_hook = self._irq
         self.config_size = CONFIG_SPACE_SIZE
@@ -37,12 +37,18 @@ class SoftBackend:
         self.irqs: Interrupts | None = None
         self._tasks: set[asyncio.Task] = set()
         self.service_errors: list[BaseException] = []
+        self._errors_logged = 0
 
     def attach(self, memory: GuestMemory, irqs: Interrupts) -> None:
         self.device.dma = memory
         self.irqs = irqs
 
     def _irq(self, vector: int) -> None:
+        # A DEVICE_NEEDS_RESET comes with a configuration interrupt: say why in the server's log.
+        while self._errors_logged < len(self.device.errors):
+            err = self.device.errors[self._errors_logged]
+            log.warning("device error (%s): %s -> DEVICE_NEEDS_RESET", err.kind, err)
+            self._errors_logged += 1
         if self.irqs is not None:
             self.irqs.signal(vector)
 
@@ -84,7 +90,16 @@ def attach_port(device: SoftVirtioNet, port: DatagramPort) -> None:
         while (frame := port.receive()) is not None:
             device.receive_frame(frame)
 
-    asyncio.get_running_loop().add_reader(port.fileno(), incoming)
+    loop = asyncio.get_running_loop()
+    loop.add_reader(port.fileno(), incoming)
+
+    def backlog(waiting: bool) -> None:
+        if waiting:
+            loop.add_writer(port.fileno(), port.flush)
+        else:
+            loop.remove_writer(port.fileno())
+
+    port.on_backlog = backlog
 
 
 def slow_probe(seconds: float) -> Callable[[Message], float]:
@@ -123,5 +138,6 @@ async def run(
         sock.close()
         if link is not None:
             asyncio.get_running_loop().remove_reader(link.fileno())
+            asyncio.get_running_loop().remove_writer(link.fileno())
             link.close()
     return backend
