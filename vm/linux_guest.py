@@ -13,7 +13,6 @@ failed with its traceback.  Usage (in the guest): ``python vm/linux_guest.py OUT
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shlex

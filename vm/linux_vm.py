@@ -32,6 +32,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,7 +190,9 @@ def start_servers(devices: list[DeviceSpec], workdir: Path, *, timeout: float = 
     servers = []
     for i, dev in enumerate(devices):
         sock = workdir / f"dev{i}.sock"
-        cmd = [sys.executable, "-m", "virtio_fpga.cli", "serve", "--device", dev.kind, "--mac", dev.mac, "-v"]
+        cmd = [sys.executable, "-m", "virtio_fpga.cli", "serve", "--device", dev.kind, "-v"]
+        if dev.kind == "soft":  # the RTL's MAC is fixed by the gateware
+            cmd += ["--mac", dev.mac]
         if dev.peer is not None:
             cmd += ["--port-local", str(workdir / f"port{i}"), "--port-remote", str(workdir / f"port{dev.peer}")]
         if dev.slow_ms:
@@ -212,7 +215,15 @@ def start_servers(devices: list[DeviceSpec], workdir: Path, *, timeout: float = 
             if not line:
                 stop_servers(servers)
                 raise RuntimeError(f"device server {srv.socket.name} exited: {srv.log.read_text()[-2000:]}")
+        # keep reading what else it prints, so a chatty server never blocks on a full pipe
+        threading.Thread(target=_drain, args=(srv.proc.stdout, srv.log), daemon=True).start()
     return servers
+
+
+def _drain(stream, log: Path) -> None:
+    with open(log, "a") as out:
+        for line in stream:
+            out.write(line)
 
 
 def stop_servers(servers: list[Server], timeout: float = 10.0) -> None:
