@@ -205,7 +205,12 @@ async def _serve(dut) -> None:
     ready = os.environ.get("VIRTIO_FPGA_VFU_READY")
     once = os.environ.get("VIRTIO_FPGA_VFU_ONCE") == "1"
     port_env = os.environ.get("VIRTIO_FPGA_VFU_PORT", "")
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    for name in ("vfio_user", "vfio_user.rtl"):
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).setLevel(logging.INFO)
+        logging.getLogger(name).propagate = False
     bench = await EndpointBench.create(dut)
     link = None
     if port_env:
@@ -241,6 +246,14 @@ async def _serve(dut) -> None:
 
     quiet = 0
     last = (0, 0, 0)
+    report = {"wall": time.monotonic(), "cycles": bench.counters.cycles}
+
+    def progress() -> None:
+        now = time.monotonic()
+        if now - report["wall"] >= 30:
+            rate = (bench.counters.cycles - report["cycles"]) / (now - report["wall"])
+            log.info("rtl: %d simulated cycles so far, %.0f cycles/s lately", bench.counters.cycles, rate)
+            report.update(wall=now, cycles=bench.counters.cycles)
 
     async def idle(fds: list) -> None:
         """Advance simulated time; when nothing moved for a while, also wait (wall time) for the sockets."""
@@ -253,6 +266,7 @@ async def _serve(dut) -> None:
         now = (bench.counters.dma_read_requests + bench.counters.dma_write_requests, backend.activity, 0)
         quiet = 0 if now != last else quiet + 1
         last = now
+        progress()
         if quiet > QUIET_STEPS:
             select.select(fds + ([link.sock] if link else []), [], [], WALL_WAIT_S)
         await Timer(STEP_NS, "ns")
@@ -284,6 +298,7 @@ async def _serve(dut) -> None:
                     await idle([conn])
                     continue
                 quiet = 0
+                progress()
                 reply = await session.handle(msg)
                 if reply is not None:
                     _send(conn, reply)

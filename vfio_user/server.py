@@ -494,6 +494,14 @@ async def serve_asyncio(
         log.info("%s: client connected", name)
         session = Session(backend, name=name)
         sessions.append(session)
+        start = loop.time()
         await serve_connection(conn, session, delay=delay)
+        log.info(
+            "%s: session of %.1f s, messages %s, errors %d",
+            name,
+            loop.time() - start,
+            session.counts,
+            len(session.errors),
+        )
         if once:
             return sessions

@@ -129,6 +129,8 @@ async def run(
         attach_port(backend.device, link)
     sock = server.listen(socket_path)
     where = f"{socket_path}" + (f", port {link.local} -> {link.remote}" if link else ", port: loopback")
+    if slow:
+        where += f", every BAR access answered {slow * 1000:g} ms late"
     on_listen(f"vfio-user: soft device listening on {where}")
     try:
         await server.serve_asyncio(

@@ -45,8 +45,13 @@ def record(name: str, ok: bool, **detail: Any) -> None:
     print(f"[{'PASS' if ok else 'FAIL'}] {name}: {json.dumps(detail, default=str)[:400]}", flush=True)
 
 
+SELECTED: set[str] | None = None  # None: every check
+
+
 def check(name: str):
     def wrap(fn):
+        if SELECTED is not None and name not in SELECTED:
+            return fn
         start = time.monotonic()
         try:
             fn(name)
@@ -122,8 +127,10 @@ def back_from_namespaces() -> None:
         sh(f"ip netns del {ns} 2>/dev/null || true", check_rc=False)
 
 
-def ping(src: int, dst: int, count: int = 3) -> dict[str, Any]:
-    out = sh(f"ip netns exec ns{src} ping -c {count} -i 0.2 -W 3 {ADDRS[dst]}", timeout=60, check_rc=False)
+def ping(src: int, dst: int, count: int = 3, deadline: int = 30) -> dict[str, Any]:
+    """``count`` echo requests; waits for all replies up to ``deadline`` s (the RTL's round trip is seconds)."""
+    cmd = f"ip netns exec ns{src} ping -c {count} -i 0.2 -w {deadline} {ADDRS[dst]}"
+    out = sh(cmd, timeout=deadline + 30, check_rc=False)
     received = 0
     for line in out.splitlines():
         if "packets transmitted" in line:
@@ -166,13 +173,20 @@ open(sys.argv[2], "w").write(f"{n} {h.hexdigest()}")
 TCP_CLIENT = r"""
 import hashlib, os, socket, sys, time
 n = int(sys.argv[2]); data = os.urandom(n); t = time.monotonic()
-c = socket.create_connection((sys.argv[1], 5001), timeout=120); c.sendall(data); c.shutdown(socket.SHUT_WR)
+c = socket.create_connection((sys.argv[1], 5001), timeout=float(sys.argv[3]))
+for i in range(0, n, 1 << 16):
+    c.sendall(data[i : i + (1 << 16)])
+    if len(sys.argv) > 4 and i >= 1 << 20 and not os.path.exists(sys.argv[4]):
+        open(sys.argv[4], "w").write(f"{i}\n")  # a MiB is through: tell the host the transfer is under way
+c.shutdown(socket.SHUT_WR)
 echo = c.recv(64).decode(); dt = time.monotonic() - t
 print(n, hashlib.sha256(data).hexdigest(), echo, f"{dt:.3f}")
 """
 
 
-def tcp_transfer(nbytes: int, outdir: Path) -> tuple[bool, dict[str, Any]]:
+def tcp_transfer(
+    nbytes: int, outdir: Path, timeout: float = 120.0, marker: Path | None = None
+) -> tuple[bool, dict[str, Any]]:
     """nbytes of random data from ns0 to ns1 over TCP; sha256 on both ends, and the receiver's echo of it."""
     tmp = Path("/run/tmp")
     (tmp / "tcp_server.py").write_text(TCP_SERVER)
@@ -187,8 +201,16 @@ def tcp_transfer(nbytes: int, outdir: Path) -> tuple[bool, dict[str, Any]]:
     deadline = time.monotonic() + 30
     while not Path(f"{result}.ready").exists() and time.monotonic() < deadline and server.poll() is None:
         time.sleep(0.05)
-    out = sh(f"ip netns exec ns0 {py} -S {tmp}/tcp_client.py {ADDRS[1]} {nbytes}", timeout=600)
-    server.wait(60)
+    try:
+        client = f"{py} -S {tmp}/tcp_client.py {ADDRS[1]} {nbytes} {timeout} {marker or ''}"
+        out = sh(f"ip netns exec ns0 {client}", timeout=timeout + 60)
+    finally:
+        if server.poll() is None:
+            try:
+                server.wait(10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
     sent_n, sent_hash, echoed, seconds = out.split()
     got_n, got_hash = result.read_text().split() if result.exists() else ("0", "")
     ok = int(got_n) == nbytes == int(sent_n) and sent_hash == got_hash == echoed
@@ -304,7 +326,7 @@ def main(outdir: Path, tcp_bytes: int, vfio: bool) -> int:
     @check("link_down_up")
     def _(name: str) -> None:
         sh(f"ip -n ns0 link set {names[0]} down")
-        down = ping(1, 0, 2)
+        down = ping(1, 0, 2, deadline=3)
         sh(f"ip -n ns0 link set {names[0]} up")
         sh(f"ip -n ns0 addr replace {ADDRS[0]}/24 dev {names[0]}")
         time.sleep(0.5)
@@ -338,6 +360,28 @@ def main(outdir: Path, tcp_bytes: int, vfio: bool) -> int:
 
     if vfio:
         vfio_checks(a, b)
+
+    @check("server_exit")
+    def _(name: str) -> None:
+        """The host kills the peer's server during a transfer: the transfer fails in bounded time."""
+        start = time.monotonic()
+        try:
+            ok_tcp, tcp = tcp_transfer(64 << 20, outdir, timeout=20, marker=outdir / "traffic_started")
+        except Exception as exc:  # noqa: BLE001 - the expected outcome: the transfer breaks off
+            ok_tcp, tcp = False, {"error": f"{type(exc).__name__}: {str(exc)[-300:]}"}
+        after = ping(0, 1, 2, deadline=5)
+        dmesg = [ln for ln in sh("dmesg", check_rc=False).splitlines() if "virtio" in ln or "vfio" in ln][-8:]
+        started = (outdir / "traffic_started").exists()
+        ok = started and not ok_tcp and after["received"] == 0
+        record(
+            name,
+            ok,
+            started_before_the_kill=started,
+            transfer=tcp,
+            ping_after=after,
+            seconds_to_fail=round(time.monotonic() - start, 1),
+            dmesg=dmesg,
+        )
 
     return finish(outdir, t0)
 
@@ -411,5 +455,11 @@ if __name__ == "__main__":
     parser.add_argument("outdir", type=Path)
     parser.add_argument("--tcp-bytes", type=int, default=1 << 20)
     parser.add_argument("--vfio", action="store_true")
+    parser.add_argument("--checks", help="comma-separated names of the checks to run (default: all but faults)")
     args = parser.parse_args()
+    if args.checks:
+        SELECTED = set(args.checks.split(","))
+    else:
+        SELECTED = {"bound", "lspci", "features", "config", "ping", "tcp", "ethtool", "counters", "link_down_up"}
+        SELECTED |= {"unbind_rebind", "module_reload", "vfio_bind", "vfio_transport", "vfio_pair", "vfio_unbind"}
     sys.exit(main(args.outdir, args.tcp_bytes, args.vfio))
