@@ -339,3 +339,22 @@ def test_datagram_ports_queue_frames_instead_of_dropping(tmp_path) -> None:
     a.send(b"x" * 60)
     assert a.dropped == 1, "nobody listens: dropped and counted"
     a.close()
+
+
+def test_serve_cli_bad_arguments_get_one_line(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    def serve(*argv: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "virtio_fpga.cli", "serve", *argv]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+    for argv, phrase in [
+        ((str(tmp_path / "missing" / "s.sock"),), "does not exist"),
+        (("--mac", "zz:00", str(tmp_path / "s.sock")), "six hex bytes"),
+        (("--port-local", str(tmp_path / "p"), str(tmp_path / "s.sock")), "go together"),
+        (("--device", "fpga", str(tmp_path / "s.sock")), "invalid choice"),
+    ]:
+        result = serve(*argv)
+        assert result.returncode == 2, (argv, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and phrase in result.stderr, result.stderr

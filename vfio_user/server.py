@@ -461,6 +461,7 @@ async def serve_connection(
     except (p.Disconnected, ConnectionError, OSError) as exc:
         log.info("%s: client disconnected (%s)", session.name, exc)
     finally:
+        log.info("%s: session ended: messages %s, %d errors", session.name, session.counts, len(session.errors))
         reader.close()
         session.close()
         conn.close()
@@ -494,14 +495,6 @@ async def serve_asyncio(
         log.info("%s: client connected", name)
         session = Session(backend, name=name)
         sessions.append(session)
-        start = loop.time()
         await serve_connection(conn, session, delay=delay)
-        log.info(
-            "%s: session of %.1f s, messages %s, errors %d",
-            name,
-            loop.time() - start,
-            session.counts,
-            len(session.errors),
-        )
         if once:
             return sessions

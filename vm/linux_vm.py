@@ -212,6 +212,8 @@ def start_servers(devices: list[DeviceSpec], workdir: Path, *, timeout: float = 
                 stop_servers(servers)
                 raise RuntimeError(f"device server {srv.socket.name} did not start: {srv.log.read_text()[-2000:]}")
             line = srv.proc.stdout.readline()
+            with open(srv.log, "a") as out:
+                out.write(line)
             if not line:
                 stop_servers(servers)
                 raise RuntimeError(f"device server {srv.socket.name} exited: {srv.log.read_text()[-2000:]}")

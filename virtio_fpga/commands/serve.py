@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -62,10 +64,17 @@ def run(args: argparse.Namespace) -> int:
     if args.device == "soft":
         from vfio_user import soft
 
+        async def main() -> None:
+            task = asyncio.current_task()
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGTERM, task.cancel)  # a supervisor's stop: exit cleanly, status 0
+            with contextlib.suppress(asyncio.CancelledError):
+                await soft.run(
+                    args.socket, port=port, mac=mac, once=args.once, slow=args.slow_ms / 1000, on_listen=announce
+                )
+
         try:
-            asyncio.run(
-                soft.run(args.socket, port=port, mac=mac, once=args.once, slow=args.slow_ms / 1000, on_listen=announce)
-            )
+            asyncio.run(main())
         except KeyboardInterrupt:
             return 130
         return 0
