@@ -366,7 +366,7 @@ def main(outdir: Path, tcp_bytes: int, vfio: bool) -> int:
         """The host kills the peer's server during a transfer: the transfer fails in bounded time."""
         start = time.monotonic()
         try:
-            ok_tcp, tcp = tcp_transfer(64 << 20, outdir, timeout=20, marker=outdir / "traffic_started")
+            ok_tcp, tcp = tcp_transfer(64 << 20, outdir, timeout=10, marker=outdir / "traffic_started")
         except Exception as exc:  # noqa: BLE001 - the expected outcome: the transfer breaks off
             ok_tcp, tcp = False, {"error": f"{type(exc).__name__}: {str(exc)[-300:]}"}
         after = ping(0, 1, 2, deadline=5)
