@@ -98,6 +98,8 @@ class DeviceCounters:
     frames_tx: int = 0
     frames_rx: int = 0
     frames_dropped: int = 0
+    rx_descriptors: int = 0  # descriptors of the receive chains used (their layout shows how a driver posts)
+    rx_chain_longest: int = 0
     bad_register_accesses: int = 0
 
 
@@ -768,6 +770,8 @@ class SoftVirtioNet:
             length = written + (1 if Fault.USED_LEN_OFF_BY_ONE in self.faults else 0)
             await self._write_used(q, chain.buffer_id, length, True, len(chain.descriptors))
             self.counters.frames_rx += 1
+            self.counters.rx_descriptors += len(chain.descriptors)
+            self.counters.rx_chain_longest = max(self.counters.rx_chain_longest, len(chain.descriptors))
             delivered += 1
         if delivered:
             self._check(token)

@@ -462,6 +462,9 @@ async def serve_connection(
         log.info("%s: client disconnected (%s)", session.name, exc)
     finally:
         log.info("%s: session ended: messages %s, %d errors", session.name, session.counts, len(session.errors))
+        summary = getattr(session.backend, "summary", None)
+        if summary is not None:
+            log.info("%s: device: %s", session.name, summary())
         reader.close()
         session.close()
         conn.close()

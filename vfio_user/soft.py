@@ -57,6 +57,15 @@ class SoftBackend:
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
+    def summary(self) -> str:
+        c = self.device.counters
+        per_rx = c.rx_descriptors / c.frames_rx if c.frames_rx else 0
+        return (
+            f"frames tx {c.frames_tx} rx {c.frames_rx} dropped {c.frames_dropped}, {c.interrupts} interrupts, "
+            f"RX chains {per_rx:.1f} descriptors on average (longest {c.rx_chain_longest}), "
+            f"{len(self.device.errors)} device errors"
+        )
+
     def _done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
