@@ -153,12 +153,16 @@ def ensure_image() -> LinuxImage:
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        root = ensure_trixie_root(cache)
-        if not (Path("/bin/busybox").exists() and qemu_vm._file_type(Path("/bin/busybox")) == b"static"):
-            qemu_vm._apt_install(["busybox-static"], None)
-        ensure_guest_tools()
-        vmlinuz, moddir = qemu_vm.ensure_kernel(cache)
-        initramfs = qemu_vm.ensure_initramfs(cache, moddir)
+        try:
+            root = ensure_trixie_root(cache)
+            if not (Path("/bin/busybox").exists() and qemu_vm._file_type(Path("/bin/busybox")) == b"static"):
+                qemu_vm._apt_install(["busybox-static"], None)
+            ensure_guest_tools()
+            vmlinuz, moddir = qemu_vm.ensure_kernel(cache)
+            initramfs = qemu_vm.ensure_initramfs(cache, moddir)
+        except VmUnavailable as exc:
+            # QEMU can run here (x86_64 Linux, root, apt): failing to set the guest up is a failure, not a skip
+            raise RuntimeError(f"the Linux-driver VM could not be set up: {exc}") from exc
     version = qemu_in_root_version(root)
     if version[:2] < MIN_QEMU:
         raise RuntimeError(f"QEMU {version} in the trixie root has no vfio-user client (need >= {MIN_QEMU})")
