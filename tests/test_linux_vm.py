@@ -1,14 +1,14 @@
 """Linux's own virtio_pci and virtio_net against our device, over vfio-user, in a QEMU 11.1 guest (``make linux-test``).
 
-Three boots in the default run, each asserted check by check (``vm/linux_guest.py`` records them):
+Two boots in the default run, each asserted check by check (``vm/linux_guest.py`` records them):
 
 * two software devices joined back to back: binding, ``lspci -vv``, sysfs features, MAC/MTU, ping both ways
   between two network namespaces, a 1 MiB TCP transfer with its SHA-256, ethtool, counters, link down/up,
-  unbind/rebind, rmmod/modprobe, and the project's own driver over VFIO in the guest on both devices;
+  unbind/rebind, rmmod/modprobe, and the project's own driver over VFIO in the guest on both devices; and the
+  faults: device 0's server answers Linux's probe slowly, and device 1's server is killed in the middle of a
+  last transfer (the transfer fails, nothing hangs, QEMU reports the lost server);
 * the software device joined to the RTL (cocotb + Icarus behind ``virtio-fpga serve --device rtl``): binding,
-  capabilities, features, ping both ways and a 64 KiB TCP transfer (the full list and 1 MiB are the slow run);
-* faults: one server answering every BAR access 30 ms late while the driver probes, and the peer's server
-  killed in the middle of a transfer (the transfer fails, nothing hangs, QEMU reports the lost server).
+  capabilities, features, ping both ways and a 64 KiB TCP transfer (the full list and 1 MiB are the slow run).
 
 Skipped only where QEMU cannot run at all (not x86_64 Linux, no apt, not root); if the trixie root, the
 kernel or the guest cannot be set up on a machine where it should work, the tests fail.
@@ -101,7 +101,12 @@ def assert_check(guest: dict[str, Any], name: str) -> None:
 # ---- two software devices ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def soft_guest(image) -> dict[str, Any]:
-    return boot(image, pair("soft", "soft"), "--vfio --tcp-bytes 1048576", timeout=240)
+    """One boot for the software devices and the faults: device 0 answers its first 200 BAR accesses 20 ms
+    late (the driver's probe), and the last check kills device 1's server in the middle of a transfer."""
+    checks = ",".join([*SOFT_CHECKS, "server_exit"])
+    devices = pair("soft", "soft", slow_ms=20, slow_count=200)
+    args = f"--vfio --tcp-bytes 1048576 --checks {checks}"
+    return boot(image, devices, args, timeout=300, during=kill_peer_mid_traffic)
 
 
 @pytest.mark.parametrize("name", SOFT_CHECKS)
@@ -119,7 +124,6 @@ def test_soft_details(soft_guest: dict[str, Any]) -> None:
         for name in ("RING_PACKED", "NOTIFICATION_DATA", "EVENT_IDX", "RING_RESET", "MTU", "MAC"):
             assert name in dev["negotiated"], dev
     assert soft_guest["vfio_pair_report"]["a_to_b"]["frames_intact"] == 64
-    assert all(code == 0 or code == -signal.SIGTERM for code in soft_guest["_run"]["server_exit"])
 
 
 # ---- the software device joined to the RTL ----------------------------------------------------------------
@@ -155,7 +159,7 @@ def test_rtl_full() -> None:
 def kill_peer_mid_traffic(servers, outdir: Path) -> None:
     """Wait until the guest says its transfer started, let it run a second, then SIGKILL the peer's server."""
     marker = outdir / "traffic_started"
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 600
     while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     if marker.exists():
@@ -163,28 +167,23 @@ def kill_peer_mid_traffic(servers, outdir: Path) -> None:
         servers[1].proc.send_signal(signal.SIGKILL)
 
 
-@pytest.fixture(scope="module")
-def fault_guest(image) -> dict[str, Any]:
-    devices = pair("soft", "soft", slow_ms=30)
-    checks = "bound,features,config,ping,server_exit"
-    return boot(image, devices, f"--checks {checks}", timeout=240, during=kill_peer_mid_traffic)
-
-
-def test_slow_server_during_probe(fault_guest: dict[str, Any]) -> None:
-    """Device 0 answers every BAR access 30 ms late: Linux still binds it, negotiates and passes traffic."""
+def test_slow_server_during_probe(soft_guest: dict[str, Any]) -> None:
+    """Device 0 answered its first 200 BAR accesses (Linux's probe) 20 ms late: it still bound, negotiated and
+    passed traffic like its peer."""
     for name in ("bound", "features", "config", "ping"):
-        assert_check(fault_guest, name)
-    log = fault_guest["_run"]["servers"]["dev0.sock"]
-    assert "answered 30 ms late" in log and "client connected" in log
+        assert_check(soft_guest, name)
+    log = soft_guest["_run"]["servers"]["dev0.sock"]
+    assert "the first 200 BAR accesses answered 20 ms late" in log, log[-2000:]
+    assert "BAR access 1 answered 20 ms late" in log and "BAR access 200 answered" in log, log[-2000:]
 
 
-def test_server_exit_mid_traffic(fault_guest: dict[str, Any]) -> None:
+def test_server_exit_mid_traffic(soft_guest: dict[str, Any]) -> None:
     """The peer's server is killed during a transfer: the transfer fails in bounded time, the guest finishes,
     QEMU reports the lost connection, and nothing waits forever."""
-    assert_check(fault_guest, "server_exit")
-    run = fault_guest["_run"]
+    assert_check(soft_guest, "server_exit")
+    run = soft_guest["_run"]
     assert run["server_exit"][1] == -signal.SIGKILL
     assert run["rc"] == 0, "the guest ran to its end and powered off"
-    assert fault_guest["server_exit"]["seconds_to_fail"] < 120
-    assert fault_guest["server_exit"]["started_before_the_kill"]
+    assert soft_guest["server_exit"]["seconds_to_fail"] < 120
+    assert soft_guest["server_exit"]["started_before_the_kill"]
     assert "failed to read header" in run["qemu"] or "Broken pipe" in run["qemu"], run["qemu"][-2000:]

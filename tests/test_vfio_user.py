@@ -125,7 +125,6 @@ def test_malformed_payloads_get_einval_and_the_session_goes_on(served) -> None:
         (Command.REGION_READ, p.REGION_RW.pack(dm.BAR_SIZE - 2, PciRegion.BAR0, 4)),  # past BAR 0
         (Command.REGION_READ, p.REGION_RW.pack(0, PciRegion.BAR1, 4)),  # BAR 1 is not implemented
         (Command.REGION_WRITE, p.REGION_RW.pack(0, PciRegion.BAR0, 4) + b"\0\0"),  # count != data
-        (Command.DMA_UNMAP, p.DMA_UNMAP.pack(24, 0, 0x1000, 0x1000)),  # never mapped
         (Command.DEVICE_SET_IRQS, p.IRQ_SET.pack(20, 0x3, PciIrq.MSIX, 0, 1)),  # two data flags
         (Command.DEVICE_SET_IRQS, p.IRQ_SET.pack(20, 0x24, PciIrq.MSIX, 2, 5)),  # beyond the vectors
         (Command.VERSION, p.VERSION.pack(0, 0) + b"{not json\0"),
@@ -180,6 +179,21 @@ def test_config_space_reads_have_exact_sizes(served) -> None:
     assert client.read(PciRegion.BAR0, offset, 8) == (0x1234_5678_9ABC_DEF0).to_bytes(8, "little")
 
 
+def test_unmap_of_a_covering_range_removes_the_windows_inside(served) -> None:
+    """QEMU's vIOMMU unmaps whole power-of-two ranges (several windows, or none): accepted, like VFIO type1."""
+    client, session, _ = served
+    client.version()
+    for addr in (0x1000_0000, 0x1010_0000):
+        fd = os.memfd_create("ram")
+        os.ftruncate(fd, 0x10000)
+        assert not client.call(Command.DMA_MAP, p.DMA_MAP.pack(32, 3, 0, addr, 0x10000), fds=[fd]).flags & p.Flag.ERROR
+        os.close(fd)
+    empty = client.call(Command.DMA_UNMAP, p.DMA_UNMAP.pack(24, 0, 0x8000_0000, 0x4000_0000))
+    assert not empty.flags & p.Flag.ERROR and len(session.memory.windows) == 2
+    both = client.call(Command.DMA_UNMAP, p.DMA_UNMAP.pack(24, 0, 0, 1 << 63))
+    assert not both.flags & p.Flag.ERROR and session.memory.windows == []
+
+
 def _fd_open(fd: int) -> bool:
     try:
         os.fstat(fd)
@@ -209,6 +223,8 @@ def test_dma_map_mmaps_the_memfd_and_unmap_closes_it(served) -> None:
         asyncio.run(backend.device.dma.dma_read(0x4000_FFFE, 4))  # runs past the window's end
     overlap = client.call(Command.DMA_MAP, p.DMA_MAP.pack(32, 3, 0, 0x4000_8000, 0x10000), fds=[fd])
     assert overlap.flags & p.Flag.ERROR and overlap.error == errno.EEXIST
+    split = client.call(Command.DMA_UNMAP, p.DMA_UNMAP.pack(24, 0, 0x4000_0000, 0x8000))
+    assert split.flags & p.Flag.ERROR and split.error == errno.EINVAL, "half a window cannot be unmapped"
     reply = client.call(Command.DMA_UNMAP, p.DMA_UNMAP.pack(24, 0, 0x4000_0000, 0x10000))
     assert not reply.flags & p.Flag.ERROR and reply.payload == p.DMA_UNMAP.pack(24, 0, 0x4000_0000, 0x10000)
     assert session.memory.windows == []

@@ -111,11 +111,20 @@ def attach_port(device: SoftVirtioNet, port: DatagramPort) -> None:
     port.on_backlog = backlog
 
 
-def slow_probe(seconds: float) -> Callable[[Message], float]:
-    """A delay for every BAR access (the driver's probe and use): a server that answers slowly."""
+def slow_probe(seconds: float, count: int = 0) -> Callable[[Message], float]:
+    """A delay for BAR accesses (REGION_READ/WRITE of region 0): a server that answers slowly.
+
+    ``count`` > 0 limits it to the first ``count`` accesses: the driver's probe, not the traffic after it.
+    """
+    delayed = [0]
 
     def delay(msg: Message) -> float:
         if msg.command in (Command.REGION_READ, Command.REGION_WRITE) and msg.payload[8:12] == b"\0\0\0\0":
+            if count and delayed[0] >= count:
+                return 0.0
+            delayed[0] += 1
+            if delayed[0] in (1, count):
+                log.warning("slow server: BAR access %d answered %g ms late", delayed[0], seconds * 1000)
             return seconds
         return 0.0
 
@@ -129,6 +138,7 @@ async def run(
     mac: bytes | None = None,
     once: bool = False,
     slow: float = 0.0,
+    slow_count: int = 0,
     on_listen: Callable[[str], None] = print,
 ) -> SoftBackend:
     """Serve one software device on ``socket_path`` until stopped (or, with ``once``, its first client leaves)."""
@@ -139,11 +149,16 @@ async def run(
     sock = server.listen(socket_path)
     where = f"{socket_path}" + (f", port {link.local} -> {link.remote}" if link else ", port: loopback")
     if slow:
-        where += f", every BAR access answered {slow * 1000:g} ms late"
+        scope = f"the first {slow_count} BAR accesses" if slow_count else "every BAR access"
+        where += f", {scope} answered {slow * 1000:g} ms late"
     on_listen(f"vfio-user: soft device listening on {where}")
     try:
         await server.serve_asyncio(
-            sock, backend, once=once, name=f"soft@{Path(socket_path).name}", delay=slow_probe(slow) if slow else None
+            sock,
+            backend,
+            once=once,
+            name=f"soft@{Path(socket_path).name}",
+            delay=slow_probe(slow, slow_count) if slow else None,
         )
     finally:
         sock.close()

@@ -178,6 +178,7 @@ class DeviceSpec:
     mac: str
     peer: int | None = None  # index of the device this one's Ethernet port is joined to
     slow_ms: float = 0.0
+    slow_count: int = 0
     extra: list[str] = field(default_factory=list)
 
 
@@ -200,10 +201,11 @@ def start_servers(devices: list[DeviceSpec], workdir: Path, *, timeout: float = 
         if dev.peer is not None:
             cmd += ["--port-local", str(workdir / f"port{i}"), "--port-remote", str(workdir / f"port{dev.peer}")]
         if dev.slow_ms:
-            cmd += ["--slow-ms", str(dev.slow_ms)]
+            cmd += ["--slow-ms", str(dev.slow_ms), "--slow-count", str(dev.slow_count)]
         cmd += [*dev.extra, str(sock)]
         log = workdir / f"dev{i}.log"
-        with open(log, "w") as err:
+        log.write_text("")
+        with open(log, "a") as err:  # append mode: the supervisor adds lines to the same file
             proc = subprocess.Popen(cmd, cwd=CHECKOUT, stdout=subprocess.PIPE, stderr=err, text=True)
         servers.append(Server(dev, sock, proc, log))
     deadline = time.monotonic() + timeout
@@ -337,8 +339,8 @@ def run(
         with open(qemu_log, "w") as qlog:
             proc = subprocess.Popen(cmd, stdout=qlog, stderr=subprocess.STDOUT)
         try:
-            if during is not None:
-                during(servers, outdir)
+            if during is not None:  # beside the guest, never holding up QEMU's own timeout
+                threading.Thread(target=during, args=(servers, outdir), daemon=True).start()
             proc.wait(timeout=max(1.0, timeout - (time.monotonic() - start)))
         except subprocess.TimeoutExpired:
             proc.kill()

@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port-remote", type=Path, help="datagram socket of the peer device's port")
     p.add_argument("--mac", help="MAC address (default: the device's 02:fa:11:c0:ff:ee)")
     p.add_argument("--once", action="store_true", help="exit when the first client disconnects")
-    p.add_argument("--slow-ms", type=float, default=0.0, help="delay every BAR access by this many ms (fault test)")
+    p.add_argument("--slow-ms", type=float, default=0.0, help="delay BAR accesses by this many ms (fault test)")
+    p.add_argument("--slow-count", type=int, default=0, help="delay only the first N BAR accesses (0: all)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every protocol error and connection")
     p.set_defaults(func=run)
 
@@ -70,7 +71,13 @@ def run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(signal.SIGTERM, task.cancel)  # a supervisor's stop: exit cleanly, status 0
             with contextlib.suppress(asyncio.CancelledError):
                 await soft.run(
-                    args.socket, port=port, mac=mac, once=args.once, slow=args.slow_ms / 1000, on_listen=announce
+                    args.socket,
+                    port=port,
+                    mac=mac,
+                    once=args.once,
+                    slow=args.slow_ms / 1000,
+                    slow_count=args.slow_count,
+                    on_listen=announce,
                 )
 
         try:
