@@ -150,7 +150,7 @@ def test_rtl_is_the_gateware(rtl_guest: dict[str, Any]) -> None:
 def test_rtl_full() -> None:
     """Every soft-device check (1 MiB TCP, unbind/rebind, module reload, VFIO in the guest) on the RTL."""
     image = linux_vm.ensure_image()
-    guest = boot(image, pair("soft", "rtl"), "--vfio --tcp-bytes 1048576", timeout=1800)
+    guest = boot(image, pair("soft", "rtl"), "--vfio --tcp-bytes 1048576 --tcp-timeout 900", timeout=2400)
     failed = {n: guest[n] for n in SOFT_CHECKS if not guest.get(n, {}).get("ok")}
     assert not failed, json.dumps(failed, indent=1, default=str)[:8000]
 

@@ -46,6 +46,7 @@ def record(name: str, ok: bool, **detail: Any) -> None:
 
 
 SELECTED: set[str] | None = None  # None: every check
+TCP_TIMEOUT = 120.0
 
 
 def check(name: str):
@@ -300,7 +301,7 @@ def main(outdir: Path, tcp_bytes: int, vfio: bool) -> int:
 
     @check("tcp")
     def _(name: str) -> None:
-        ok, detail = tcp_transfer(tcp_bytes, outdir)
+        ok, detail = tcp_transfer(tcp_bytes, outdir, timeout=TCP_TIMEOUT)
         record(name, ok, **detail)
 
     @check("ethtool")
@@ -455,6 +456,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("outdir", type=Path)
     parser.add_argument("--tcp-bytes", type=int, default=1 << 20)
+    parser.add_argument("--tcp-timeout", type=float, default=120.0, help="socket timeout of the transfer (s)")
     parser.add_argument("--vfio", action="store_true")
     parser.add_argument("--checks", help="comma-separated names of the checks to run (default: all but faults)")
     args = parser.parse_args()
@@ -463,4 +465,5 @@ if __name__ == "__main__":
     else:
         SELECTED = {"bound", "lspci", "features", "config", "ping", "tcp", "ethtool", "counters", "link_down_up"}
         SELECTED |= {"unbind_rebind", "module_reload", "vfio_bind", "vfio_transport", "vfio_pair", "vfio_unbind"}
+    TCP_TIMEOUT = args.tcp_timeout
     sys.exit(main(args.outdir, args.tcp_bytes, args.vfio))

@@ -329,6 +329,14 @@ def run(
         shutil.rmtree(old, ignore_errors=True)
     outdir = Path(tempfile.mkdtemp(dir=runs, prefix=time.strftime("%Y%m%d-%H%M%S-vfu-")))
     (outdir / "cmd.sh").write_text(f"export VFPGA_OUT={shlex.quote(str(outdir))}\n{script}")
+    # The cache's initramfs may be replaced by another checkout's (its name is a hash of the init script):
+    # boot from a hard link of our own, which survives that.
+    initramfs = outdir / "initramfs.cpio"
+    try:
+        os.link(image.initramfs, initramfs)
+    except OSError:
+        shutil.copyfile(image.initramfs, initramfs)
+    image = LinuxImage(image.root, image.kernel, initramfs, image.qemu_version)
     start = time.monotonic()
     servers = start_servers(devices, outdir)
     qemu_log = outdir / "qemu.log"
