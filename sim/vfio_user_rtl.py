@@ -335,7 +335,6 @@ def serve(
     port: tuple[Path, Path] | None = None,
     mac: bytes | None = None,
     once: bool = False,
-    on_listen=print,
     data_width: int = 256,
 ) -> int:
     """Build (cached) and run the simulation that serves the RTL; returns when it ends (SIGTERM ends it too)."""

@@ -211,6 +211,7 @@ class MessageReader:
         self._fds: list[int] = []
         self._need = HEADER.size
         self._header: tuple[int, int, int, int, int] | None = None
+        self.truncated_fds = 0  # messages whose fds did not all fit (MSG_CTRUNC)
 
     def _recv(self, n: int) -> bool:
         """Read up to n bytes; False if nothing is available now. Raises Disconnected at EOF."""
@@ -223,9 +224,9 @@ class MessageReader:
             raise Disconnected(str(exc)) from exc
         self._fds.extend(_fds_from(ancdata))
         if msg_flags & socket.MSG_CTRUNC:
-            # More fds than we allow: they were closed by the kernel; the message is still read whole and
-            # answered with an error by whoever handles it (it has fewer fds than it claims to need).
-            pass
+            # More fds than max_msg_fds: the kernel closed the rest.  The message is still read whole; its
+            # handler sees fewer fds than it needs and answers with an error.
+            self.truncated_fds += 1
         if not data:
             raise Disconnected("peer closed the connection")
         self._buf += data

@@ -86,7 +86,7 @@ class Interrupts:
     def msix_active(self) -> bool:
         return any(fd is not None for fd in self.msix)
 
-    def _write(self, fd: int, key: str) -> None:
+    def write_eventfd(self, fd: int, key: str) -> None:
         try:
             os.eventfd_write(fd, 1)
         except OSError as exc:
@@ -101,7 +101,7 @@ class Interrupts:
             if fd is None:
                 self.lost += 1
                 return
-            self._write(fd, f"msix{vector}")
+            self.write_eventfd(fd, f"msix{vector}")
             return
         self.assert_intx()
 
@@ -112,7 +112,7 @@ class Interrupts:
         if self.intx_masked:
             return  # still masked from the last trigger: the client unmasks and then sees the level
         self.intx_masked = True
-        self._write(self.intx, "intx")
+        self.write_eventfd(self.intx, "intx")
 
     def unmask_intx(self) -> None:
         self.intx_masked = False
@@ -364,7 +364,7 @@ class Session:
             if index == PciIrq.MSIX:
                 fd = self.irqs.msix[sub]
                 if fd is not None:
-                    self.irqs._write(fd, f"msix{sub}")
+                    self.irqs.write_eventfd(fd, f"msix{sub}")
             else:
                 self.irqs.assert_intx()
         elif index == PciIrq.MSIX:

@@ -87,4 +87,4 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from sim import vfio_user_rtl
 
-    return vfio_user_rtl.serve(args.socket, port=port, mac=mac, once=args.once, on_listen=announce)
+    return vfio_user_rtl.serve(args.socket, port=port, mac=mac, once=args.once)
