@@ -345,7 +345,12 @@ def serve(
 
     if mac is not None and mac != dm.DEFAULT_MAC:
         raise CliError(f"the RTL's MAC is fixed by the gateware ({dm.DEFAULT_MAC.hex(':')}); drop --mac")
+    print(
+        f"vfio-user: rtl: building the {data_width}-bit design for Icarus (cached after the first time)",
+        file=sys.stderr,
+    )
     build_dir = build(data_width)
+    print("vfio-user: rtl: starting the simulation", file=sys.stderr, flush=True)
     run_dir = build_dir / f"serve_{os.getpid()}"
     run_dir.mkdir(exist_ok=True)
     ready = run_dir / "ready"
