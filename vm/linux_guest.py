@@ -40,9 +40,21 @@ ADDRS = ("10.77.0.1", "10.77.0.2")
 results: dict[str, Any] = {}
 
 
+OUTDIR: Path | None = None
+
+
 def record(name: str, ok: bool, **detail: Any) -> None:
     results[name] = {"ok": bool(ok), **detail}
     print(f"[{'PASS' if ok else 'FAIL'}] {name}: {json.dumps(detail, default=str)[:400]}", flush=True)
+    save()
+
+
+def save() -> None:
+    """results.json after every check: if the VM dies (the fault checks provoke that), what ran is kept."""
+    if OUTDIR is not None:
+        tmp = OUTDIR / "results.json.tmp"
+        tmp.write_text(json.dumps(results, indent=1, default=str))
+        tmp.rename(OUTDIR / "results.json")
 
 
 SELECTED: set[str] | None = None  # None: every check
@@ -360,6 +372,34 @@ def main(outdir: Path, tcp_bytes: int, vfio: bool) -> int:
         ok_tcp, tcp = tcp_transfer(64 * 1024, outdir)
         record(name, ok and ok_tcp and gone == [None, None], interfaces_while_removed=gone, tcp=tcp, **detail)
 
+    @check("intx")
+    def _(name: str) -> None:
+        """Device a without MSI (msi_bus=0, driver rebound): virtio_pci falls back to INTx; traffic still flows."""
+        back_from_namespaces()
+        msi_bus = PCI / a / "msi_bus"
+        pci_driver = Path("/sys/bus/pci/drivers/virtio-pci")
+        try:
+            msi_bus.write_text("0")
+            (pci_driver / "unbind").write_text(a)
+            (pci_driver / "bind").write_text(a)
+            vname = virtio_dev(a).name
+            lines = [ln for ln in Path("/proc/interrupts").read_text().splitlines() if ln.split()[-1:] == [vname]]
+            before = sum(int(x) for ln in lines for x in ln.split()[1:2])
+            names[:] = into_namespaces([a, b])
+            ok_ping, detail = ping_both(3)
+            ok_tcp, tcp = tcp_transfer(256 * 1024, outdir, timeout=TCP_TIMEOUT)
+            lines = [ln for ln in Path("/proc/interrupts").read_text().splitlines() if ln.split()[-1:] == [vname]]
+            after = sum(int(x) for ln in lines for x in ln.split()[1:2])
+            kinds = [ln.split()[2] for ln in lines]
+            ok = ok_ping and ok_tcp and len(lines) == 1 and "MSI" not in kinds[0] and after > before
+            record(name, ok, irq_lines=lines, interrupts=after - before, tcp=tcp, **detail)
+        finally:
+            back_from_namespaces()
+            msi_bus.write_text("1")
+            (pci_driver / "unbind").write_text(a)
+            (pci_driver / "bind").write_text(a)
+            netdev(a)  # wait until virtio_net has probed it again
+
     if vfio:
         vfio_checks(a, b)
 
@@ -446,7 +486,7 @@ def cli_code(*argv: str) -> int:
 def finish(outdir: Path, t0: float) -> int:
     results["guest_seconds"] = round(time.monotonic() - t0, 2)
     results["kernel"] = os.uname().release
-    (outdir / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    save()
     failed = [k for k, v in results.items() if isinstance(v, dict) and v.get("ok") is False]
     print(f"linux guest checks: {len(failed)} failed {failed} in {results['guest_seconds']} s", flush=True)
     return 0
@@ -464,6 +504,15 @@ if __name__ == "__main__":
         SELECTED = set(args.checks.split(","))
     else:
         SELECTED = {"bound", "lspci", "features", "config", "ping", "tcp", "ethtool", "counters", "link_down_up"}
-        SELECTED |= {"unbind_rebind", "module_reload", "vfio_bind", "vfio_transport", "vfio_pair", "vfio_unbind"}
+        SELECTED |= {
+            "unbind_rebind",
+            "module_reload",
+            "intx",
+            "vfio_bind",
+            "vfio_transport",
+            "vfio_pair",
+            "vfio_unbind",
+        }
     TCP_TIMEOUT = args.tcp_timeout
+    OUTDIR = args.outdir
     sys.exit(main(args.outdir, args.tcp_bytes, args.vfio))

@@ -316,6 +316,7 @@ def run(
     image: LinuxImage | None = None,
     during=None,
     msg_timeout_ms: int | None = None,
+    append: str = "",
 ) -> LinuxRun:
     """Start the device servers, boot the guest, run ``script`` in it, collect what it wrote.
 
@@ -342,7 +343,8 @@ def run(
     qemu_log = outdir / "qemu.log"
     try:
         cmd = chrooted(
-            image.root, qemu_command(image, outdir, [s.socket for s in servers], msg_timeout_ms=msg_timeout_ms)
+            image.root,
+            qemu_command(image, outdir, [s.socket for s in servers], msg_timeout_ms=msg_timeout_ms, append=append),
         )
         with open(qemu_log, "w") as qlog:
             proc = subprocess.Popen(cmd, stdout=qlog, stderr=subprocess.STDOUT)
@@ -385,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--device", action="append", choices=["soft", "rtl"], default=[])
     run_p.add_argument("--pair", action="store_true", help="join the first two devices' ports back to back")
     run_p.add_argument("--timeout", type=float, default=240.0)
+    run_p.add_argument("--append", default="", help="extra guest kernel arguments (e.g. pci=nomsi for INTx)")
     run_p.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     try:
