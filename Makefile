@@ -11,7 +11,7 @@ BOARD ?= alveo-u50
 FAMILY ?= usp
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: all demo test test-fast test-slow lint bench bench-full verilog synth bitstream vm-test compare clean distclean deps
+.PHONY: all demo test test-fast test-slow lint bench bench-full verilog synth bitstream vm-test linux-test compare clean distclean deps
 
 all: test
 
@@ -47,6 +47,11 @@ test-slow: deps
 # The real-VFIO test in a QEMU guest (installs QEMU 10 and a guest kernel into ~/.cache on first use).
 vm-test: deps
 	$(PY) -m pytest -q -m vm tests/test_vm.py
+
+# Linux's own virtio_pci/virtio_net against our software device and our RTL over vfio-user, in a QEMU 11.1
+# guest (builds a trixie root with mmdebstrap into ~/.cache on first use; also part of `make test`).
+linux-test: deps
+	$(PY) -m pytest -q -m linux tests/test_linux_vm.py
 
 lint: deps
 	$(VENV)/bin/ruff check .

@@ -98,6 +98,8 @@ class DeviceCounters:
     frames_tx: int = 0
     frames_rx: int = 0
     frames_dropped: int = 0
+    rx_descriptors: int = 0  # descriptors of the receive chains used (their layout shows how a driver posts)
+    rx_chain_longest: int = 0
     bad_register_accesses: int = 0
 
 
@@ -120,6 +122,8 @@ _PER_QUEUE_ATTR = {
 }
 
 CONFIG_SPACE_SIZE = 256
+PCI_CAP_ID_EXP = 0x10
+PCI_EXP_DEVCAP_FLR = 1 << 28
 
 
 class SoftVirtioNet:
@@ -135,6 +139,7 @@ class SoftVirtioNet:
         faults: frozenset[Fault] = frozenset(),
         backlog_limit: int = 256,
         caps_start: int = 0x40,
+        pcie_cap: bool = False,
     ) -> None:
         unsupported = device_features & ~dm.IMPLEMENTED_FEATURES
         if unsupported:
@@ -147,9 +152,17 @@ class SoftVirtioNet:
         self.backlog_limit = backlog_limit
         #: Where the virtio capabilities start in config space (a PCIe peer puts its own caps before them).
         self.caps_start = caps_start
+        #: Whether the device presents its own PCI Express capability (with Function Level Reset).  A VMM that
+        #: passes the device through needs it (Linux's vfio-pci resets functions by FLR); on the simulated
+        #: bus the hard-IP model presents the PCIe capability instead.
+        self.has_pcie_cap = pcie_cap
         self.kick_hook: Callable[[], None] | None = None
         #: Frames leaving the device when no loopback (an external port); None means loop back to RX.
         self.port_out: Callable[[bytes], None] | None = None
+        #: Where interrupts go when the platform emulates the MSI-X table (a VMM does: QEMU's vfio-user client
+        #: keeps the table itself and hands one eventfd per vector).  Called with the vector (or NO_VECTOR when
+        #: only the ISR says why); None means the device writes MSI-X messages from its own table.
+        self.irq_hook: Callable[[int], None] | None = None
         self.errors: list[DeviceError] = []
         self.counters = DeviceCounters()
         self._build_config_space()
@@ -189,6 +202,17 @@ class SoftVirtioNet:
         put(spec.PCI_CAPABILITY_LIST, 1, self.caps_start)
         put(self.msix_cap + 0, 1, spec.PCI_CAP_ID_MSIX)
         put(self.msix_cap + 1, 1, 0)
+        self.pcie_cap = 0
+        if self.has_pcie_cap:
+            # PCIe capability v2, endpoint (PCIe base spec 7.5.3): DevCap with FLR (bit 28) and 256-byte max
+            # payload, link x1 Gen1 for the record; everything else reads zero.
+            self.pcie_cap = self.msix_cap + 12
+            put(self.msix_cap + 1, 1, self.pcie_cap)
+            put(self.pcie_cap + 0, 1, PCI_CAP_ID_EXP)
+            put(self.pcie_cap + 2, 2, 0x0002)  # version 2, device/port type 0 (PCI Express endpoint)
+            put(self.pcie_cap + 4, 4, PCI_EXP_DEVCAP_FLR | 0x1)
+            put(self.pcie_cap + 12, 4, 0x11)  # link capabilities: 2.5 GT/s, x1
+            put(self.pcie_cap + 18, 2, 0x11)  # link status: 2.5 GT/s, x1
         put(self.msix_cap + 2, 2, dm.NUM_MSIX_VECTORS - 1)
         put(self.msix_cap + 4, 4, dm.MSIX_TABLE_OFFSET | dm.BAR)
         put(self.msix_cap + 8, 4, dm.MSIX_PBA_OFFSET | dm.BAR)
@@ -235,6 +259,11 @@ class SoftVirtioNet:
             cs[0x10:0x18] = bar.to_bytes(8, "little")
         elif addr == self.msix_cap + 3:  # MSI-X enable (bit 15) and function mask (bit 14)
             cs[addr] = byte & 0xC0
+        elif self.pcie_cap and addr in (self.pcie_cap + 8, self.pcie_cap + 9):  # device control
+            if addr == self.pcie_cap + 9 and byte & 0x80:  # Initiate Function Level Reset: reads back 0
+                self.pci_reset()
+                return
+            cs[addr] = byte & (0xFF if addr == self.pcie_cap + 8 else 0x7F)
         elif self.pci_cfg_cap + 4 <= addr < self.pci_cfg_cap + 20 and addr not in range(
             self.pci_cfg_cap + 5, self.pci_cfg_cap + 8
         ):
@@ -254,6 +283,14 @@ class SoftVirtioNet:
         value = await self.bar_read(dm.BAR, fields["offset"], length)
         self.config_space[base + 16 : base + 16 + length] = value.to_bytes(length, "little")
         return value
+
+    def pci_reset(self) -> None:
+        """Function-level reset (VFIO_USER_DEVICE_RESET, PCIe FLR): virtio reset plus config space and MSI-X."""
+        self._generation += 1
+        self._reset_registers()
+        self._build_config_space()
+        self.msix_table = [spec.MSIX_ENTRY.from_int(spec.MSIX_VECTOR_MASKED << 96) for _ in range(dm.NUM_MSIX_VECTORS)]
+        self.msix_pending = 0  # provisioning (the management plane's mask) survives a reset of the function
 
     # ============================================ BAR 0 ======================================================
     async def bar_read(self, bar: int, offset: int, size: int) -> int:
@@ -733,6 +770,8 @@ class SoftVirtioNet:
             length = written + (1 if Fault.USED_LEN_OFF_BY_ONE in self.faults else 0)
             await self._write_used(q, chain.buffer_id, length, True, len(chain.descriptors))
             self.counters.frames_rx += 1
+            self.counters.rx_descriptors += len(chain.descriptors)
+            self.counters.rx_chain_longest = max(self.counters.rx_chain_longest, len(chain.descriptors))
             delivered += 1
         if delivered:
             self._check(token)
@@ -764,6 +803,10 @@ class SoftVirtioNet:
 
     # ============================================ MSI-X ======================================================
     async def _interrupt(self, vector: int) -> None:
+        if self.irq_hook is not None:
+            self.counters.interrupts += 1
+            self.irq_hook(vector)
+            return
         if vector == spec.VIRTIO_MSI_NO_VECTOR or vector >= dm.NUM_MSIX_VECTORS or not self.msix_enabled:
             return  # the ISR bit stays set for a driver that polls it
         entry = self.msix_table[vector]

@@ -49,9 +49,13 @@ NUM_MSIX_VECTORS = 3  # one for configuration changes, one per queue
 
 # ---- Device configuration (spec 5.1.4) ------------------------------------------------------------------
 DEFAULT_MAC = bytes.fromhex("02fa11c0ffee")  # locally administered unicast
-DEFAULT_MTU = 9216 + 14  # jumbo frames: the data path moves up to 9 KiB payloads
 #: Largest frame (without virtio_net_hdr) the loopback path carries; bounds buffers in the hardware too.
 MAX_FRAME_LEN = 9 * 1024 + 14 + 4
+#: The MTU in the device configuration is a layer-3 size: the driver "MUST NOT transmit packets of size
+#: exceeding the value of mtu (plus low level ethernet header length)" (spec 5.1.6.2), and Linux sends frames
+#: of MTU + 14 bytes (+ 4 with a VLAN tag).  So the MTU leaves room for both inside MAX_FRAME_LEN: 9 KiB
+#: payloads.  (It was 9230, which let Linux's TCP send 9244-byte frames that the device refused.)
+DEFAULT_MTU = MAX_FRAME_LEN - 14 - 4
 
 # ---- Features --------------------------------------------------------------------------------------------
 #: Everything this device implements, in the gateware and in the software device alike.  A build may offer

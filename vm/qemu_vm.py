@@ -42,6 +42,7 @@ if str(CHECKOUT) not in sys.path:
     sys.path.insert(0, str(CHECKOUT))
 
 from virtio_fpga.device_map import DEFAULT_MAC, DEFAULT_MTU  # noqa: E402
+from vm import apt_sources  # noqa: E402
 
 QEMU = "qemu-system-x86_64"
 #: QEMU releases older than this are replaced by the backports package (7.2 crashes in the paths we use).
@@ -76,6 +77,9 @@ mount -t devpts devpts /newroot/dev/pts
 mount -t hugetlbfs hugetlbfs /newroot/dev/hugepages
 mount -t tmpfs tmpfs /newroot/run
 mkdir -p /newroot/run/tmp
+# the modules again where kmod finds them (modprobe -d /run/modules), so the guest can rmmod and modprobe
+kdir="/newroot/run/modules/lib/modules/$(uname -r)"
+mkdir -p "$kdir" && cp /modules/*.ko "$kdir/"
 echo "vfpga-init: running $out/cmd.sh"
 chroot /newroot /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/run/tmp TMPDIR=/run/tmp \
   PYTHONDONTWRITEBYTECODE=1 /bin/sh -c "cd / && exec /bin/sh $out/cmd.sh" > "/newroot$out/output.log" 2>&1
@@ -143,9 +147,13 @@ def _ensure_backports_source() -> None:
             continue
     if os.geteuid() != 0:
         raise VmUnavailable("need root to add the bookworm-backports apt source")
-    _log(f"adding {BACKPORTS_SOURCES}")
+    try:
+        mirror = apt_sources.debian_mirror()
+    except apt_sources.NoMirror as exc:
+        raise VmUnavailable(str(exc)) from exc
+    _log(f"adding {BACKPORTS_SOURCES} ({mirror})")
     BACKPORTS_SOURCES.write_text(
-        "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\n"
+        f"Types: deb\nURIs: {mirror}\nSuites: bookworm-backports\nComponents: main\n"
         "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
     )
     result = subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True)
