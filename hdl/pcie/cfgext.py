@@ -124,17 +124,24 @@ class ConfigExtendResponder(wiring.Component):
             m.d.comb += value.eq(cfg_data)
 
         # The BAR access of the window: valid only for our BAR, length 1/2/4, offset aligned and inside it.
+        # Kept in registers recomputed every cycle from the capability fields: those change only in the WRITE
+        # state, and WRITE is never directly followed by a state that uses them with new values (a write to
+        # bar/offset/length returns to IDLE; a write to pci_cfg_data changes none of them), so the registered
+        # copies are always up to date where they are used and the BAR request is driven from flip-flops.
         access_ok = Signal()
         size = Signal(2)
-        m.d.comb += size.eq(Mux(cap_length == 4, 2, Mux(cap_length == 2, 1, 0)))
-        m.d.comb += access_ok.eq(
-            (cap_bar == device_map.BAR)
-            & ((cap_length == 1) | (cap_length == 2) | (cap_length == 4))
-            & ((cap_offset & (cap_length - 1)) == 0)
-            & (cap_offset < device_map.BAR_SIZE)
-        )
         len_mask = Signal(32)
-        m.d.comb += len_mask.eq(Mux(cap_length == 4, 0xFFFFFFFF, Mux(cap_length == 2, 0xFFFF, 0xFF)))
+        m.d.sync += [
+            size.eq(Mux(cap_length == 4, 2, Mux(cap_length == 2, 1, 0))),
+            access_ok.eq(
+                (cap_bar == device_map.BAR)
+                & ((cap_length == 1) | (cap_length == 2) | (cap_length == 4))
+                & ((cap_offset & (cap_length - 1)) == 0)
+                & (cap_offset < device_map.BAR_SIZE)
+            ),
+            len_mask.eq(Mux(cap_length == 4, 0xFFFFFFFF, Mux(cap_length == 2, 0xFFFF, 0xFF))),
+        ]
+        answer = Signal(32)  # the read answer, registered one cycle before it is presented
 
         with m.FSM():
             with m.State("IDLE"):
@@ -143,7 +150,7 @@ class ConfigExtendResponder(wiring.Component):
                     with m.If(self.register_number == cfg_reg + 4):
                         m.next = "BAR_READ"
                     with m.Else():
-                        m.next = "ANSWER"
+                        m.next = "LOOKUP"
                 with m.Elif(self.write_received & in_window):
                     m.d.sync += [
                         reg.eq(self.register_number),
@@ -162,11 +169,14 @@ class ConfigExtendResponder(wiring.Component):
                     with m.If(self.regs.done):
                         m.d.sync += cfg_data.eq((cfg_data & ~len_mask) | (self.regs.rdata[:32] & len_mask))
                         m.d.sync += self.bar_accesses.eq(self.bar_accesses + 1)
-                        m.next = "ANSWER"
+                        m.next = "LOOKUP"
                 with m.Else():
-                    m.next = "ANSWER"
+                    m.next = "LOOKUP"
+            with m.State("LOOKUP"):
+                m.d.sync += answer.eq(value)
+                m.next = "ANSWER"
             with m.State("ANSWER"):
-                m.d.comb += [self.read_data.eq(value), self.read_data_valid.eq(1)]
+                m.d.comb += [self.read_data.eq(answer), self.read_data_valid.eq(1)]
                 m.next = "IDLE"
             with m.State("WRITE"):
                 with m.If(reg == cfg_reg + 1):
