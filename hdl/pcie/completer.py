@@ -122,14 +122,16 @@ class BarCompleter(wiring.Component):
             m.d.comb += byte_count.eq((dw_count << 2) - lead - (3 - last_set(last_be, 4)))
 
         # ---- the current natural access: lowest enabled byte, largest aligned size that is fully enabled
+        # Found in two cycles (FIND, then PREP) so that neither is deeper than a priority encoder and a shift:
+        # FIND registers the lowest enabled byte and the mask moved down to it, PREP the access they make.
         idx = Signal(range(12))
-        m.d.comb += idx.eq(first_set(mask, 12))
+        m.d.sync += idx.eq(first_set(mask, 12))
         abs_off = Signal(3)  # byte address bits [2:0] of that byte
         m.d.comb += abs_off.eq(Cat(Const(0, 2), desc.addr[0]) + idx)
         size = Signal(2)
         nbytes = Signal(4)
         shifted = Signal(12)
-        m.d.comb += shifted.eq(mask >> idx)
+        m.d.sync += shifted.eq(mask >> first_set(mask, 12))
         with m.If((abs_off == 0) & (shifted[:8] == 0xFF)):
             m.d.comb += [size.eq(3), nbytes.eq(8)]
         with m.Elif((abs_off[:2] == 0) & (shifted[:4] == 0xF)):
@@ -180,8 +182,12 @@ class BarCompleter(wiring.Component):
             & ((dw_count == 1) | ((first_be != 0) & (last_be != 0)))
             & ~spans_over_8(full_mask)
         )
-        supported = Signal()
-        m.d.comb += supported.eq((is_read | is_write) & (desc.bar_id == self.bar) & span_ok)
+        supported = Signal()  # registered in CHECK, used in DECODE
+        m.d.sync += supported.eq((is_read | is_write) & (desc.bar_id == self.bar) & span_ok)
+        posted = Signal()
+        m.d.sync += posted.eq(is_posted)
+        first_mask = Signal(12)
+        m.d.sync += first_mask.eq(full_mask)
 
         cc_desc = Signal(CC_DESCRIPTOR)
         m.d.comb += [
@@ -210,36 +216,41 @@ class BarCompleter(wiring.Component):
                         m.d.sync += [first_be.eq(self.cq.tuser[0:4]), last_be.eq(self.cq.tuser[lbo : lbo + 4])]
                     with m.If(self.cq.tlast):
                         m.d.sync += beat.eq(0)
-                        m.next = "DECODE"
+                        m.next = "CHECK"
+            with m.State("CHECK"):
+                # The request's checks (type, BAR, byte-enable span) are registered here, decided on next.
+                m.next = "DECODE"
             with m.State("DECODE"):
-                m.d.sync += [result.eq(0), mask.eq(full_mask)]
+                m.d.sync += [result.eq(0), mask.eq(first_mask)]
                 with m.If(supported):
                     m.d.sync += [status.eq(CplStatus.SC), with_data.eq(is_read)]
-                    m.next = "PREP"
-                with m.Elif(is_posted):
+                    m.next = "FIND"
+                with m.Elif(posted):
                     m.d.sync += self.dropped_count.eq(self.dropped_count + 1)
                     m.next = "CAPTURE"
                 with m.Else():
                     m.d.sync += [status.eq(CplStatus.UR), with_data.eq(0), self.ur_count.eq(self.ur_count + 1)]
                     m.next = "BUILD"
-            with m.State("PREP"):
-                # The next access is worked out from the remaining byte mask into registers, so the bus is
-                # driven from flip-flops.  RegisterBus ``valid`` is low here: the gap it needs after ``done``.
+            with m.State("FIND"):
+                # The next access is worked out from the remaining byte mask into registers (FIND, PREP), so
+                # the bus is driven from flip-flops.  RegisterBus ``valid`` is low: the gap it needs after ``done``.
                 with m.If(mask == 0):
                     with m.If(is_read):
                         m.next = "BUILD"
                     with m.Else():
                         m.next = "CAPTURE"
                 with m.Else():
-                    m.d.sync += [
-                        acc_addr.eq(byte_addr),
-                        acc_size.eq(size),
-                        acc_idx.eq(idx),
-                        acc_mask.eq(access_mask),
-                        acc_rmask.eq(Mux(nbytes == 8, (1 << 64) - 1, (Const(1, 65) << (nbytes * 8)) - 1)),
-                        acc_wdata.eq(payload >> (idx * 8)),
-                    ]
-                    m.next = "ACCESS"
+                    m.next = "PREP"
+            with m.State("PREP"):
+                m.d.sync += [
+                    acc_addr.eq(byte_addr),
+                    acc_size.eq(size),
+                    acc_idx.eq(idx),
+                    acc_mask.eq(access_mask),
+                    acc_rmask.eq(Mux(nbytes == 8, (1 << 64) - 1, (Const(1, 65) << (nbytes * 8)) - 1)),
+                    acc_wdata.eq(payload >> (idx * 8)),
+                ]
+                m.next = "ACCESS"
             with m.State("ACCESS"):
                 m.d.comb += [
                     self.regs.valid.eq(1),
@@ -253,7 +264,7 @@ class BarCompleter(wiring.Component):
                         result.eq(result | ((self.regs.rdata & acc_rmask) << (acc_idx * 8))),
                         mask.eq(mask & ~acc_mask),
                     ]
-                    m.next = "PREP"
+                    m.next = "FIND"
             with m.State("BUILD"):
                 m.d.sync += [
                     cc_packet.eq(Cat(cc_desc.as_value(), result)),

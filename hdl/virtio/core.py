@@ -15,7 +15,7 @@ Only this module knows the register map; the engine and the buffers live in ``hd
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Shape, Signal, Value
 from amaranth.lib import wiring
 
 from hdl import layouts
@@ -222,34 +222,45 @@ class VirtioNetCore(wiring.Component):
             return Array(getattr(q, attr) for q in queues)
 
         # ---- common configuration view (reads) ----
-        common = Signal(layouts.COMMON_CFG)
+        # Built as one concatenation of the field values (not a comb signal with constant parts: Icarus never
+        # runs an ``always @*`` whose right-hand side is a constant, so such bits would read as X there).
         feature_window = [offered[0:32], offered[32:64]]
         driver_window = [driver_features[0:32], driver_features[32:64]]
-        m.d.comb += [
-            common.device_feature_select.eq(device_feature_select),
-            common.device_feature.eq(Mux(dfs_small, Array(feature_window)[device_feature_select[0]], 0)),
-            common.driver_feature_select.eq(driver_feature_select),
-            common.driver_feature.eq(Mux(drfs_small, Array(driver_window)[driver_feature_select[0]], 0)),
-            common.config_msix_vector.eq(config_msix_vector),
-            common.num_queues.eq(NUM_QUEUES),
-            common.device_status.eq(device_status),
-            common.config_generation.eq(config_generation),
-            common.queue_select.eq(queue_select),
-        ]
-        with m.If(qs_valid):
-            m.d.comb += [
-                common.queue_size.eq(qarray("size")[qsel]),
-                common.queue_msix_vector.eq(qarray("msix_vector")[qsel]),
-                common.queue_enable.eq(qarray("enable")[qsel]),
-                common.queue_notify_off.eq(queue_select),
-                common.queue_desc.eq(qarray("desc")[qsel]),
-                common.queue_driver.eq(qarray("driver")[qsel]),
-                common.queue_device.eq(qarray("device")[qsel]),
-                # queue_notif_config_data (v1.3): what the driver sends instead of the vqn with
-                # NOTIF_CONFIG_DATA (not offered); we present the vqn itself.
-                common.queue_notify_data.eq(queue_select),
-                common.queue_reset.eq(qarray("reset_req")[qsel]),
-            ]
+
+        def per_queue(value):
+            return Mux(qs_valid, value, 0)
+
+        fields = {
+            "device_feature_select": device_feature_select,
+            "device_feature": Mux(dfs_small, Array(feature_window)[device_feature_select[0]], 0),
+            "driver_feature_select": driver_feature_select,
+            "driver_feature": Mux(drfs_small, Array(driver_window)[driver_feature_select[0]], 0),
+            "config_msix_vector": config_msix_vector,
+            "num_queues": Const(NUM_QUEUES, 16),
+            "device_status": device_status,
+            "config_generation": config_generation,
+            "queue_select": queue_select,
+            "queue_size": per_queue(qarray("size")[qsel]),
+            "queue_msix_vector": per_queue(qarray("msix_vector")[qsel]),
+            "queue_enable": per_queue(qarray("enable")[qsel]),
+            "queue_notify_off": per_queue(queue_select),
+            "queue_desc": per_queue(qarray("desc")[qsel]),
+            "queue_driver": per_queue(qarray("driver")[qsel]),
+            "queue_device": per_queue(qarray("device")[qsel]),
+            # queue_notif_config_data (v1.3): what the driver sends instead of the vqn with
+            # NOTIF_CONFIG_DATA (not offered); we present the vqn itself.
+            "queue_notify_data": per_queue(queue_select),
+            "queue_reset": per_queue(qarray("reset_req")[qsel]),
+        }
+        parts, pos = [], 0
+        for name, field in sorted(layouts.COMMON_CFG, key=lambda nf: nf[1].offset):
+            width = Shape.cast(field.shape).width
+            assert field.offset == pos, f"common configuration layout has a gap before {name}"
+            v = Value.cast(fields.get(name, Const(0, width)))
+            parts.append(v[0:width] if len(v) >= width else Cat(v, Const(0, width - len(v))))
+            pos += width
+        common_bits = Cat(*parts)
+        assert len(common_bits) == layouts.COMMON_CFG.size
 
         # ---- device configuration view (5.1.4) ----
         net_cfg = Signal(layouts.NET_CONFIG)
@@ -262,7 +273,6 @@ class VirtioNetCore(wiring.Component):
 
         # ---- read mux: S1 selects the qword (one-hot window flags), S2 moves the bytes down and masks ----
         net_bits = Cat(net_cfg.as_value(), Const(0, net_words * 64 - spec.NET_CONFIG.width))
-        common_bits = common.as_value()
         rword = Signal(64)
         sel_word = Signal(64)
         for i in range(common_words):
@@ -400,7 +410,14 @@ class VirtioNetCore(wiring.Component):
             m.d.sync += features_mask.eq(merge_bytes(features_mask, wq, be, 0))
 
         # ---- device reset (2.4.1): status reads 0 only after the engine and the DMA engine are idle ----
-        m.d.comb += device_reset.eq(reset_pending & engine_idle & ~self.dma_busy)
+        # Idleness is registered (the DMA engine's ``busy`` is a wide reduction and the reset fans out to
+        # every register): the reset happens the cycle after both were idle with the reset already pending.
+        # That is safe because an engine that sees ``reset_pending`` while idle stays idle and issues no DMA
+        # request, so nothing can start in between (the engine's side of this contract: it starts no chain
+        # while ``reset_pending`` is set).
+        quiet = Signal()
+        m.d.sync += quiet.eq(reset_pending & engine_idle & ~self.dma_busy)
+        m.d.comb += device_reset.eq(reset_pending & quiet)
         with m.If(device_reset):
             m.d.sync += [
                 reset_pending.eq(0),
