@@ -438,18 +438,40 @@ def _plausible_xcup(r: dict) -> None:
     assert not r["xcup"]["unmapped_cells"], r["xcup"]["unmapped_cells"]
 
 
+def _plausible_depth(r: dict) -> None:
+    d = r["depth"]
+    assert r["logic_levels"] == d["levels"] == d["ltp_levels"], (r["logic_levels"], d["ltp_levels"])
+    assert 2 <= d["levels"] < 100 and d["path"]["levels"] == d["levels"]
+    assert d["path"]["start"] and d["path"]["end"] and d["worst"][0]["levels"] == d["levels"]
+    blocks = {b["name"]: b for b in d["blocks"]}
+    assert {"core", "completer", "msix", "cfgext", "dma"} <= set(blocks), sorted(blocks)
+    assert max(b["levels"] for b in d["blocks"]) == d["levels"]
+    # every flip-flop of the resource run is an end point of the depth run (same design, same mapping of FFs)
+    assert sum(d["histogram"].values()) == sum(b["ff_bits"] for b in d["blocks"])
+    assert abs(sum(d["histogram"].values()) - r["ffs"]) <= r["ffs"] // 20, (d["histogram"], r["ffs"])
+
+
 def test_synth_endpoint_xcup(tmp_path: Path) -> None:
-    """The default suite's real check: the endpoint at its narrowest width through Yosys xcup (a few minutes)."""
+    """The default suite's real check: the endpoint at its narrowest width through both Yosys xcup runs (resources
+    per block and logic depth, side by side: a few minutes)."""
     r, _ = _synth(tmp_path, "--no-ecp5", "--data-width", "128")
-    assert r["data_width"] == 128
+    assert r["data_width"] == 128 and r["flows"] == ["xcup", "depth"]
     _plausible_xcup(r)
+    _plausible_depth(r)
     assert r["fmax_mhz"] is None and r["ecp5"] is None
+
+
+def test_synth_bad_flow_is_one_line(capsys) -> None:
+    assert cli_main(["synth", "--flows", "xcup,vivado"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "vivado" in err
 
 
 @pytest.mark.slow
 def test_synth_endpoint_full(tmp_path: Path) -> None:
     r, seconds = _synth(tmp_path)
     _plausible_xcup(r)
+    _plausible_depth(r)
     assert 20 < r["fmax_mhz"] < 500
     assert r["ecp5"]["wrapper_ffs"] > 1000
     # "under 10 minutes on 2 cores": the flows run side by side, one per core, so the bound is on each flow's

@@ -96,7 +96,6 @@ class ConfigExtendResponder(wiring.Component):
         cap_length = Signal(32)
         cfg_data = Signal(32)
 
-        reg = Signal(10)
         wdata = Signal(32)
         wbe = Signal(4)
         in_window = Signal()
@@ -107,20 +106,29 @@ class ConfigExtendResponder(wiring.Component):
         def merge(old, new, be):
             return Cat(*[Mux(be[b], new[8 * b : 8 * b + 8], old[8 * b : 8 * b + 8]) for b in range(len(old) // 8)])
 
+        # The register's constant part and which RW field it is are looked up when the request is captured
+        # (from the hard IP's register number), so the answer is only a small mux of registers.
         rom = Signal(32)
-        with m.Switch(reg):
+        with m.Switch(self.register_number):
             for r, value in image.items():
                 with m.Case(r):
                     m.d.comb += rom.eq(value)
+        rom_r = Signal(32)
+        is_field = Signal(4)  # reg is cfg_reg + 1 (bar), + 2 (offset), + 3 (length), + 4 (pci_cfg_data)
+        capture = Signal()  # IDLE takes a request in the window this cycle
+        with m.If(capture):
+            m.d.sync += rom_r.eq(rom)
+            for k in range(4):
+                m.d.sync += is_field[k].eq(self.register_number == cfg_reg + 1 + k)
         value = Signal(32)
-        m.d.comb += value.eq(rom)
-        with m.If(reg == cfg_reg + 1):
-            m.d.comb += value.eq(rom | cap_bar)  # bar is byte 4 of the capability: byte 0 of dword 1
-        with m.If(reg == cfg_reg + 2):
+        m.d.comb += value.eq(rom_r)
+        with m.If(is_field[0]):
+            m.d.comb += value.eq(rom_r | cap_bar)  # bar is byte 4 of the capability: byte 0 of dword 1
+        with m.If(is_field[1]):
             m.d.comb += value.eq(cap_offset)
-        with m.If(reg == cfg_reg + 3):
+        with m.If(is_field[2]):
             m.d.comb += value.eq(cap_length)
-        with m.If(reg == cfg_reg + 4):
+        with m.If(is_field[3]):
             m.d.comb += value.eq(cfg_data)
 
         # The BAR access of the window: valid only for our BAR, length 1/2/4, offset aligned and inside it.
@@ -145,15 +153,14 @@ class ConfigExtendResponder(wiring.Component):
 
         with m.FSM():
             with m.State("IDLE"):
+                m.d.comb += capture.eq((self.read_received | self.write_received) & in_window)
                 with m.If(self.read_received & in_window):
-                    m.d.sync += reg.eq(self.register_number)
                     with m.If(self.register_number == cfg_reg + 4):
                         m.next = "BAR_READ"
                     with m.Else():
                         m.next = "LOOKUP"
                 with m.Elif(self.write_received & in_window):
                     m.d.sync += [
-                        reg.eq(self.register_number),
                         wdata.eq(self.write_data),
                         wbe.eq(self.write_byte_enable),
                     ]
@@ -179,14 +186,14 @@ class ConfigExtendResponder(wiring.Component):
                 m.d.comb += [self.read_data.eq(answer), self.read_data_valid.eq(1)]
                 m.next = "IDLE"
             with m.State("WRITE"):
-                with m.If(reg == cfg_reg + 1):
+                with m.If(is_field[0]):
                     with m.If(wbe[0]):
                         m.d.sync += cap_bar.eq(wdata[0:8])
-                with m.If(reg == cfg_reg + 2):
+                with m.If(is_field[1]):
                     m.d.sync += cap_offset.eq(merge(cap_offset, wdata, wbe))
-                with m.If(reg == cfg_reg + 3):
+                with m.If(is_field[2]):
                     m.d.sync += cap_length.eq(merge(cap_length, wdata, wbe))
-                with m.If(reg == cfg_reg + 4):
+                with m.If(is_field[3]):
                     m.d.sync += cfg_data.eq(merge(cfg_data, wdata, wbe))
                     m.next = "BAR_WRITE"
                 with m.Else():

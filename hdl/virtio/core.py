@@ -275,15 +275,18 @@ class VirtioNetCore(wiring.Component):
         net_bits = Cat(net_cfg.as_value(), Const(0, net_words * 64 - spec.NET_CONFIG.width))
         rword = Signal(64)
         sel_word = Signal(64)
-        for i in range(common_words):
-            with m.If(r_common[i]):
-                m.d.comb += sel_word.eq(common_bits.word_select(i, 64))
-        with m.If(r_isr):
-            m.d.comb += sel_word.eq(isr)
-        with m.If(r_device):
-            m.d.comb += sel_word.eq(net_bits.word_select(r_qword[0 : max(1, (net_words - 1).bit_length())], 64))
-        with m.If(r_provision):
-            m.d.comb += sel_word.eq(features_mask)
+        # The window flags are one-hot (at most one is set), so the selection is an AND-OR, not a priority chain.
+        sources = [(r_common[i], common_bits.word_select(i, 64)) for i in range(common_words)]
+        sources += [
+            (r_isr, isr),
+            (r_device, net_bits.word_select(r_qword[0 : max(1, (net_words - 1).bit_length())], 64)),
+            (r_provision, features_mask),
+        ]
+        terms = [Mux(flag, Value.cast(word), 0) for flag, word in sources]
+        or_all = terms[0]
+        for t in terms[1:]:
+            or_all = or_all | t
+        m.d.comb += sel_word.eq(or_all)
         with m.If(rd):
             m.d.sync += rword.eq(sel_word)
         with m.If(p2):
