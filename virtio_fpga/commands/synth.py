@@ -286,7 +286,8 @@ def markdown(r: dict) -> str:
     runs = [(name, f) for name, f in (("xcup", x), ("depth", d), ("ECP5", e)) if f]
     wall = ", ".join(f"{name} {f['seconds']:.0f} s" for name, f in runs)
     cpu = ", ".join(f"{name} {f.get('cpu_seconds', 0):.0f} s" for name, f in runs)
-    lines += ["", f"Wall time {r['seconds']:.0f} s ({wall}, two at a time; CPU time {cpu})."]
+    together = ", two at a time" if len(runs) > 1 else ""
+    lines += ["", f"Wall time {r['seconds']:.0f} s ({wall}{together}; CPU time {cpu})."]
     return "\n".join(lines)
 
 
