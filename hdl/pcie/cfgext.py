@@ -96,7 +96,6 @@ class ConfigExtendResponder(wiring.Component):
         cap_length = Signal(32)
         cfg_data = Signal(32)
 
-        reg = Signal(10)
         wdata = Signal(32)
         wbe = Signal(4)
         in_window = Signal()
@@ -107,46 +106,61 @@ class ConfigExtendResponder(wiring.Component):
         def merge(old, new, be):
             return Cat(*[Mux(be[b], new[8 * b : 8 * b + 8], old[8 * b : 8 * b + 8]) for b in range(len(old) // 8)])
 
+        # The register's constant part and which RW field it is are looked up when the request is captured
+        # (from the hard IP's register number), so the answer is only a small mux of registers.
         rom = Signal(32)
-        with m.Switch(reg):
+        with m.Switch(self.register_number):
             for r, value in image.items():
                 with m.Case(r):
                     m.d.comb += rom.eq(value)
+        rom_r = Signal(32)
+        is_field = Signal(4)  # reg is cfg_reg + 1 (bar), + 2 (offset), + 3 (length), + 4 (pci_cfg_data)
+        capture = Signal()  # IDLE takes a request in the window this cycle
+        with m.If(capture):
+            m.d.sync += rom_r.eq(rom)
+            for k in range(4):
+                m.d.sync += is_field[k].eq(self.register_number == cfg_reg + 1 + k)
         value = Signal(32)
-        m.d.comb += value.eq(rom)
-        with m.If(reg == cfg_reg + 1):
-            m.d.comb += value.eq(rom | cap_bar)  # bar is byte 4 of the capability: byte 0 of dword 1
-        with m.If(reg == cfg_reg + 2):
+        m.d.comb += value.eq(rom_r)
+        with m.If(is_field[0]):
+            m.d.comb += value.eq(rom_r | cap_bar)  # bar is byte 4 of the capability: byte 0 of dword 1
+        with m.If(is_field[1]):
             m.d.comb += value.eq(cap_offset)
-        with m.If(reg == cfg_reg + 3):
+        with m.If(is_field[2]):
             m.d.comb += value.eq(cap_length)
-        with m.If(reg == cfg_reg + 4):
+        with m.If(is_field[3]):
             m.d.comb += value.eq(cfg_data)
 
         # The BAR access of the window: valid only for our BAR, length 1/2/4, offset aligned and inside it.
+        # Kept in registers recomputed every cycle from the capability fields: those change only in the WRITE
+        # state, and WRITE is never directly followed by a state that uses them with new values (a write to
+        # bar/offset/length returns to IDLE; a write to pci_cfg_data changes none of them), so the registered
+        # copies are always up to date where they are used and the BAR request is driven from flip-flops.
         access_ok = Signal()
         size = Signal(2)
-        m.d.comb += size.eq(Mux(cap_length == 4, 2, Mux(cap_length == 2, 1, 0)))
-        m.d.comb += access_ok.eq(
-            (cap_bar == device_map.BAR)
-            & ((cap_length == 1) | (cap_length == 2) | (cap_length == 4))
-            & ((cap_offset & (cap_length - 1)) == 0)
-            & (cap_offset < device_map.BAR_SIZE)
-        )
         len_mask = Signal(32)
-        m.d.comb += len_mask.eq(Mux(cap_length == 4, 0xFFFFFFFF, Mux(cap_length == 2, 0xFFFF, 0xFF)))
+        m.d.sync += [
+            size.eq(Mux(cap_length == 4, 2, Mux(cap_length == 2, 1, 0))),
+            access_ok.eq(
+                (cap_bar == device_map.BAR)
+                & ((cap_length == 1) | (cap_length == 2) | (cap_length == 4))
+                & ((cap_offset & (cap_length - 1)) == 0)
+                & (cap_offset < device_map.BAR_SIZE)
+            ),
+            len_mask.eq(Mux(cap_length == 4, 0xFFFFFFFF, Mux(cap_length == 2, 0xFFFF, 0xFF))),
+        ]
+        answer = Signal(32)  # the read answer, registered one cycle before it is presented
 
         with m.FSM():
             with m.State("IDLE"):
+                m.d.comb += capture.eq((self.read_received | self.write_received) & in_window)
                 with m.If(self.read_received & in_window):
-                    m.d.sync += reg.eq(self.register_number)
                     with m.If(self.register_number == cfg_reg + 4):
                         m.next = "BAR_READ"
                     with m.Else():
-                        m.next = "ANSWER"
+                        m.next = "LOOKUP"
                 with m.Elif(self.write_received & in_window):
                     m.d.sync += [
-                        reg.eq(self.register_number),
                         wdata.eq(self.write_data),
                         wbe.eq(self.write_byte_enable),
                     ]
@@ -162,21 +176,24 @@ class ConfigExtendResponder(wiring.Component):
                     with m.If(self.regs.done):
                         m.d.sync += cfg_data.eq((cfg_data & ~len_mask) | (self.regs.rdata[:32] & len_mask))
                         m.d.sync += self.bar_accesses.eq(self.bar_accesses + 1)
-                        m.next = "ANSWER"
+                        m.next = "LOOKUP"
                 with m.Else():
-                    m.next = "ANSWER"
+                    m.next = "LOOKUP"
+            with m.State("LOOKUP"):
+                m.d.sync += answer.eq(value)
+                m.next = "ANSWER"
             with m.State("ANSWER"):
-                m.d.comb += [self.read_data.eq(value), self.read_data_valid.eq(1)]
+                m.d.comb += [self.read_data.eq(answer), self.read_data_valid.eq(1)]
                 m.next = "IDLE"
             with m.State("WRITE"):
-                with m.If(reg == cfg_reg + 1):
+                with m.If(is_field[0]):
                     with m.If(wbe[0]):
                         m.d.sync += cap_bar.eq(wdata[0:8])
-                with m.If(reg == cfg_reg + 2):
+                with m.If(is_field[1]):
                     m.d.sync += cap_offset.eq(merge(cap_offset, wdata, wbe))
-                with m.If(reg == cfg_reg + 3):
+                with m.If(is_field[2]):
                     m.d.sync += cap_length.eq(merge(cap_length, wdata, wbe))
-                with m.If(reg == cfg_reg + 4):
+                with m.If(is_field[3]):
                     m.d.sync += cfg_data.eq(merge(cfg_data, wdata, wbe))
                     m.next = "BAR_WRITE"
                 with m.Else():

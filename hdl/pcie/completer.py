@@ -122,14 +122,16 @@ class BarCompleter(wiring.Component):
             m.d.comb += byte_count.eq((dw_count << 2) - lead - (3 - last_set(last_be, 4)))
 
         # ---- the current natural access: lowest enabled byte, largest aligned size that is fully enabled
+        # Found in two cycles (FIND, then PREP) so that neither is deeper than a priority encoder and a shift:
+        # FIND registers the lowest enabled byte and the mask moved down to it, PREP the access they make.
         idx = Signal(range(12))
-        m.d.comb += idx.eq(first_set(mask, 12))
+        m.d.sync += idx.eq(first_set(mask, 12))
         abs_off = Signal(3)  # byte address bits [2:0] of that byte
         m.d.comb += abs_off.eq(Cat(Const(0, 2), desc.addr[0]) + idx)
         size = Signal(2)
         nbytes = Signal(4)
         shifted = Signal(12)
-        m.d.comb += shifted.eq(mask >> idx)
+        m.d.sync += shifted.eq(mask >> first_set(mask, 12))
         with m.If((abs_off == 0) & (shifted[:8] == 0xFF)):
             m.d.comb += [size.eq(3), nbytes.eq(8)]
         with m.Elif((abs_off[:2] == 0) & (shifted[:4] == 0xF)):
@@ -140,6 +142,13 @@ class BarCompleter(wiring.Component):
             m.d.comb += [size.eq(0), nbytes.eq(1)]
         access_mask = Signal(12)
         m.d.comb += access_mask.eq((((1 << nbytes) - 1) << idx)[:12])
+
+        acc_addr = Signal(16)
+        acc_size = Signal(2)
+        acc_idx = Signal(range(12))
+        acc_mask = Signal(12)
+        acc_rmask = Signal(64)
+        acc_wdata = Signal(64)
 
         byte_addr = Signal(16)
         m.d.comb += byte_addr.eq(Cat(Const(0, 2), desc.addr[:14]) + idx)
@@ -161,15 +170,24 @@ class BarCompleter(wiring.Component):
                 m.d.comb += full_mask.eq(Cat(first_be, last_be))
             with m.Case(3):
                 m.d.comb += full_mask.eq(Cat(first_be, Const(0xF, 4), last_be))
+
+        def spans_over_8(v: Signal):
+            """Enabled bytes further than 8 apart (last - first >= 8) as a two-level AND-OR, not a subtraction."""
+            return Cat(*(v[i] & v[i + 8 :].any() for i in range(len(v) - 8))).any()
+
         span_ok = Signal()
         m.d.comb += span_ok.eq(
             (dw_count >= 1)
             & (dw_count <= 3)
             & ((dw_count == 1) | ((first_be != 0) & (last_be != 0)))
-            & (last_set(full_mask, 12) - first_set(full_mask, 12) < 8)
+            & ~spans_over_8(full_mask)
         )
-        supported = Signal()
-        m.d.comb += supported.eq((is_read | is_write) & (desc.bar_id == self.bar) & span_ok)
+        supported = Signal()  # registered in CHECK, used in DECODE
+        m.d.sync += supported.eq((is_read | is_write) & (desc.bar_id == self.bar) & span_ok)
+        posted = Signal()
+        m.d.sync += posted.eq(is_posted)
+        first_mask = Signal(12)
+        m.d.sync += first_mask.eq(full_mask)
 
         cc_desc = Signal(CC_DESCRIPTOR)
         m.d.comb += [
@@ -198,43 +216,55 @@ class BarCompleter(wiring.Component):
                         m.d.sync += [first_be.eq(self.cq.tuser[0:4]), last_be.eq(self.cq.tuser[lbo : lbo + 4])]
                     with m.If(self.cq.tlast):
                         m.d.sync += beat.eq(0)
-                        m.next = "DECODE"
+                        m.next = "CHECK"
+            with m.State("CHECK"):
+                # The request's checks (type, BAR, byte-enable span) are registered here, decided on next.
+                m.next = "DECODE"
             with m.State("DECODE"):
-                m.d.sync += [result.eq(0), mask.eq(full_mask)]
+                m.d.sync += [result.eq(0), mask.eq(first_mask)]
                 with m.If(supported):
                     m.d.sync += [status.eq(CplStatus.SC), with_data.eq(is_read)]
-                    m.next = "ACCESS"
-                with m.Elif(is_posted):
+                    m.next = "FIND"
+                with m.Elif(posted):
                     m.d.sync += self.dropped_count.eq(self.dropped_count + 1)
                     m.next = "CAPTURE"
                 with m.Else():
                     m.d.sync += [status.eq(CplStatus.UR), with_data.eq(0), self.ur_count.eq(self.ur_count + 1)]
                     m.next = "BUILD"
-            with m.State("ACCESS"):
+            with m.State("FIND"):
+                # The next access is worked out from the remaining byte mask into registers (FIND, PREP), so
+                # the bus is driven from flip-flops.  RegisterBus ``valid`` is low: the gap it needs after ``done``.
                 with m.If(mask == 0):
                     with m.If(is_read):
                         m.next = "BUILD"
                     with m.Else():
                         m.next = "CAPTURE"
                 with m.Else():
-                    m.d.comb += [
-                        self.regs.valid.eq(1),
-                        self.regs.write.eq(is_write),
-                        self.regs.addr.eq(byte_addr),
-                        self.regs.size.eq(size),
-                        self.regs.wdata.eq(payload >> (idx * 8)),
-                    ]
-                    with m.If(self.regs.done):
-                        rmask = Signal(64)
-                        m.d.comb += rmask.eq(Mux(nbytes == 8, (1 << 64) - 1, (Const(1, 65) << (nbytes * 8)) - 1))
-                        m.d.sync += [
-                            result.eq(result | ((self.regs.rdata & rmask) << (idx * 8))),
-                            mask.eq(mask & ~access_mask),
-                        ]
-                        m.next = "GAP"
-            with m.State("GAP"):
-                # One idle cycle between accesses: RegisterBus ``valid`` must fall after ``done``.
+                    m.next = "PREP"
+            with m.State("PREP"):
+                m.d.sync += [
+                    acc_addr.eq(byte_addr),
+                    acc_size.eq(size),
+                    acc_idx.eq(idx),
+                    acc_mask.eq(access_mask),
+                    acc_rmask.eq(Mux(nbytes == 8, (1 << 64) - 1, (Const(1, 65) << (nbytes * 8)) - 1)),
+                    acc_wdata.eq(payload >> (idx * 8)),
+                ]
                 m.next = "ACCESS"
+            with m.State("ACCESS"):
+                m.d.comb += [
+                    self.regs.valid.eq(1),
+                    self.regs.write.eq(is_write),
+                    self.regs.addr.eq(acc_addr),
+                    self.regs.size.eq(acc_size),
+                    self.regs.wdata.eq(acc_wdata),
+                ]
+                with m.If(self.regs.done):
+                    m.d.sync += [
+                        result.eq(result | ((self.regs.rdata & acc_rmask) << (acc_idx * 8))),
+                        mask.eq(mask & ~acc_mask),
+                    ]
+                    m.next = "FIND"
             with m.State("BUILD"):
                 m.d.sync += [
                     cc_packet.eq(Cat(cc_desc.as_value(), result)),

@@ -56,39 +56,55 @@ class MsixBlock(wiring.Component):
         masks = [Signal(1, init=1, name=f"vec{i}_mask") for i in range(n)]
 
         # ---- register access: the table is qword-addressed: q0 = message address, q1 = data | control << 32
+        # Pipelined like the core's registers, so every stage is a few LUTs deep: S0 captures the request with
+        # one flag per addressed qword and the write data on its byte lanes; S1 writes and selects the read
+        # qword; S2 moves it to the low bytes and masks it to the access size; S3 raises ``done``.
         regs = self.regs
-        off = Signal(16)
-        m.d.comb += off.eq(regs.addr)
+        p1, p2, p3 = Signal(), Signal(), Signal()
+        start = Signal()
+        m.d.comb += [start.eq(regs.valid & ~(p1 | p2 | p3)), regs.done.eq(p3)]
+        m.d.sync += [p1.eq(start), p2.eq(p1), p3.eq(p2)]
         lane = regs.addr[:3]
+        qaddr = regs.addr >> 3
+        r_write = Signal()
+        r_lane = Signal(3)
+        r_size = Signal(2)
         bmask = Signal(8)
-        m.d.comb += bmask.eq(byte_enables(lane, regs.size))
         wdata = Signal(64)
-        m.d.comb += wdata.eq(regs.wdata << (lane * 8))
-        qword = Signal(64)
-        done = Signal()
-        m.d.comb += regs.done.eq(done)
-        m.d.sync += done.eq(0)
-
-        table_end = self.table_offset + 16 * n
-        with m.If(regs.valid & ~done):
-            m.d.sync += done.eq(1)
+        hit_addr = Signal(n)
+        hit_data = Signal(n)
+        hit_pba = Signal()
+        with m.If(start):
+            m.d.sync += [
+                r_write.eq(regs.write),
+                r_lane.eq(lane),
+                r_size.eq(regs.size),
+                bmask.eq(byte_enables(lane, regs.size)),
+                wdata.eq(regs.wdata << (lane * 8)),
+                hit_pba.eq(qaddr == (self.pba_offset >> 3)),
+            ]
             for i in range(n):
                 base = self.table_offset + 16 * i
-                with m.If((off >> 3) == (base >> 3)):
-                    m.d.comb += qword.eq(addrs[i])
-                    with m.If(regs.write):
-                        m.d.sync += addrs[i].eq(merge_bytes(addrs[i], wdata, bmask, 0))
-                with m.If((off >> 3) == ((base + 8) >> 3)):
-                    m.d.comb += qword.eq(Cat(datas[i], masks[i], Const(0, 31)))
-                    with m.If(regs.write):
-                        m.d.sync += datas[i].eq(merge_bytes(datas[i], wdata, bmask, 0))
-                        with m.If(bmask[4]):
-                            m.d.sync += masks[i].eq(wdata[32])
-            with m.If((off >> 3) == (self.pba_offset >> 3)):
-                m.d.comb += qword.eq(self.pending)  # PBA is read-only (PCIe Base 7.7.2.4)
-            # unused high bytes read as 0
-            m.d.sync += regs.rdata.eq((qword >> (lane * 8)) & size_mask(regs.size))
-        del table_end
+                m.d.sync += [hit_addr[i].eq(qaddr == (base >> 3)), hit_data[i].eq(qaddr == ((base + 8) >> 3))]
+        qword = Signal(64)
+        rq = Signal(64)
+        for i in range(n):
+            with m.If(hit_addr[i]):
+                m.d.comb += qword.eq(addrs[i])
+                with m.If(p1 & r_write):
+                    m.d.sync += addrs[i].eq(merge_bytes(addrs[i], wdata, bmask, 0))
+            with m.If(hit_data[i]):
+                m.d.comb += qword.eq(Cat(datas[i], masks[i], Const(0, 31)))
+                with m.If(p1 & r_write):
+                    m.d.sync += datas[i].eq(merge_bytes(datas[i], wdata, bmask, 0))
+                    with m.If(bmask[4]):
+                        m.d.sync += masks[i].eq(wdata[32])
+        with m.If(hit_pba):
+            m.d.comb += qword.eq(self.pending)  # PBA is read-only (PCIe Base 7.7.2.4)
+        with m.If(p1):
+            m.d.sync += rq.eq(qword)  # unused high bytes read as 0
+        with m.If(p2):
+            m.d.sync += regs.rdata.eq((rq >> (r_lane * 8)) & size_mask(r_size))
 
         # ---- requests from the core: accepted at once, recorded as pending
         set_pending = Signal(n)

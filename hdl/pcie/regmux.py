@@ -30,7 +30,11 @@ def connect_register_bus(m: Module, master: object, slave: object) -> None:
 
 
 class RegisterArbiter(wiring.Component):
-    """N masters onto one bus; master 0 has priority.  A grant lasts from ``valid`` until ``done``."""
+    """N masters onto one bus; master 0 has priority.  A grant lasts from ``valid`` until ``done``.
+
+    The bus side sees the request one cycle after the master raised ``valid``; the master sees ``done``
+    (and ``rdata``) one cycle after the slave gave them.
+    """
 
     def __init__(self, n_masters: int = 2) -> None:
         self.n_masters = n_masters
@@ -43,25 +47,35 @@ class RegisterArbiter(wiring.Component):
 
     def elaborate(self, platform: object) -> Module:
         m = Module()
-        busy = Signal()
         grant = Signal(range(self.n_masters))
         masters = [getattr(self, f"m{i}") for i in range(self.n_masters)]
-
-        with m.If(~busy):
-            for i in reversed(range(self.n_masters)):
-                with m.If(masters[i].valid):
-                    m.d.sync += grant.eq(i)
-                    m.d.sync += busy.eq(1)
-        with m.Else():
-            with m.If(self.bus.done):
-                m.d.sync += busy.eq(0)
-
+        # Registered both ways, so that no path runs from a master through the decoder into a register block
+        # (or back): the granted request is copied into registers that drive ``bus``, and the answer is
+        # copied into registers that drive the master's ``rdata``/``done`` one cycle after the slave's.
+        req = {name: Signal.like(getattr(self.bus, name), name=f"req_{name}") for name in MASTER_OUTPUTS}
+        rdata = Signal.like(self.bus.rdata)
+        answer = Signal()  # the cycle the granted master sees ``done``
+        for name in MASTER_OUTPUTS:
+            m.d.comb += getattr(self.bus, name).eq(req[name])
         for i, mst in enumerate(masters):
-            with m.If(busy & (grant == i)):
-                for name in MASTER_OUTPUTS:
-                    m.d.comb += getattr(self.bus, name).eq(getattr(mst, name))
-                m.d.comb += mst.done.eq(self.bus.done)
-            m.d.comb += mst.rdata.eq(self.bus.rdata)
+            m.d.comb += [mst.rdata.eq(rdata), mst.done.eq(answer & (grant == i))]
+
+        with m.FSM():
+            with m.State("IDLE"):
+                for i in reversed(range(self.n_masters)):  # master 0 last: it wins
+                    with m.If(masters[i].valid):
+                        m.d.sync += grant.eq(i)
+                        for name in MASTER_OUTPUTS:
+                            m.d.sync += req[name].eq(getattr(masters[i], name))
+                        m.next = "BUSY"
+            with m.State("BUSY"):
+                with m.If(self.bus.done):
+                    m.d.sync += [req["valid"].eq(0), rdata.eq(self.bus.rdata), answer.eq(1)]
+                    m.next = "ANSWER"
+            with m.State("ANSWER"):
+                # The master drops ``valid`` after its ``done``: no new grant in this cycle.
+                m.d.sync += answer.eq(0)
+                m.next = "IDLE"
         return m
 
 

@@ -15,7 +15,7 @@ Only this module knows the register map; the engine and the buffers live in ``hd
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Shape, Signal, Value
 from amaranth.lib import wiring
 
 from hdl import layouts
@@ -154,61 +154,113 @@ class VirtioNetCore(wiring.Component):
 
         self.negotiated = negotiated
 
-        # ---- access decode ----
+        # ---- access pipeline ----
+        # An access takes four cycles so that no path is deeper than a few LUTs at 250 MHz (RegisterBus lets
+        # ``done`` come any cycle after ``valid``):
+        #   S0 (``start``): the request is captured, its address decoded into one flag per window/qword and its
+        #       write data shifted to its byte lanes;
+        #   S1 (``p1``): writes take effect, read-to-clear happens, the addressed qword is selected (``rword``);
+        #   S2 (``p2``): the read qword is shifted to the low bytes and masked to the access size (``rdata``);
+        #   S3 (``p3``): ``done`` for one cycle.  The bus holds ``valid`` until then and drops it after.
         addr = bus.addr
+        p1, p2, p3 = Signal(), Signal(), Signal()
+        busy = Signal()
+        start = Signal()
+        m.d.comb += [busy.eq(p1 | p2 | p3), start.eq(bus.valid & ~busy)]
+        m.d.sync += [p1.eq(start), p2.eq(p1), p3.eq(p2)]
+        m.d.comb += bus.done.eq(p3)
+
+        common_words = (spec.COMMON_CFG.size + 7) // 8
+        net_words = (spec.NET_CONFIG.size + 7) // 8
+        r_write = Signal()  # a write, and no device reset was pending when it arrived
+        r_read = Signal()
+        r_size = Signal(2)
+        r_offset = Signal(3)
+        r_qword = Signal(3)  # qword within a window (every window here is at most 8 qwords)
+        r_be = Signal(8)
+        r_wq = Signal(64)  # write data on its byte lanes
+        r_wdata32 = Signal(32)  # write data as sent (the notification value)
+        r_common = Signal(common_words)  # one flag per qword of the common configuration
+        r_isr = Signal()
+        r_device = Signal()
+        r_notify = Signal()  # inside the notification window, on a dword boundary
+        r_provision = Signal()
         offset = addr[0:3]
         page = addr[12:16]
         loc = addr[0:12]
         qword = loc[3:12]
-        done = Signal()
-        start = Signal()
-        m.d.comb += start.eq(bus.valid & ~done)
-        m.d.sync += done.eq(start)
-        m.d.comb += bus.done.eq(done)
-        be = Signal(8)
-        wq = Signal(64)
-        m.d.comb += [be.eq(byte_enables(offset, bus.size)), wq.eq((bus.wdata << (offset * 8))[0:64])]
+        with m.If(start):
+            m.d.sync += [
+                r_write.eq(bus.write & ~reset_pending),
+                r_read.eq(~bus.write),
+                r_size.eq(bus.size),
+                r_offset.eq(offset),
+                r_qword.eq(qword[0:3]),
+                r_be.eq(byte_enables(offset, bus.size)),
+                r_wq.eq((bus.wdata << (offset * 8))[0:64]),
+                r_wdata32.eq(bus.wdata[0:32]),
+                r_isr.eq((page == _PAGE_ISR) & (loc < device_map.ISR_LENGTH)),
+                r_device.eq((page == _PAGE_DEVICE) & (qword < net_words)),
+                r_notify.eq((page == _PAGE_NOTIFY) & (loc < device_map.NOTIFY_LENGTH) & (loc[0:2] == 0)),
+                r_provision.eq((page == _PAGE_PROVISION) & (loc < device_map.PROVISION_LENGTH)),
+            ]
+            for i in range(common_words):
+                m.d.sync += r_common[i].eq((page == _PAGE_COMMON) & (qword == i))
         wr = Signal()
         rd = Signal()
-        m.d.comb += [wr.eq(start & bus.write & ~reset_pending), rd.eq(start & ~bus.write)]
+        m.d.comb += [wr.eq(p1 & r_write), rd.eq(p1 & r_read)]
+        be = r_be
+        wq = r_wq
 
-        qs_valid = queue_select < NUM_QUEUES
+        # Selector comparisons, kept as flags beside the selectors they describe (updated with them).
+        dfs_small = Signal(init=1)  # device_feature_select < 2
+        drfs_small = Signal(init=1)  # driver_feature_select < 2
+        self.queue_select_valid = qs_valid = Signal(init=1)  # queue_select < num_queues
         qsel = queue_select[0 : max(1, (NUM_QUEUES - 1).bit_length())]
 
         def qarray(attr: str) -> Array:
             return Array(getattr(q, attr) for q in queues)
 
         # ---- common configuration view (reads) ----
-        common = Signal(layouts.COMMON_CFG)
+        # Built as one concatenation of the field values (not a comb signal with constant parts: Icarus never
+        # runs an ``always @*`` whose right-hand side is a constant, so such bits would read as X there).
         feature_window = [offered[0:32], offered[32:64]]
         driver_window = [driver_features[0:32], driver_features[32:64]]
-        m.d.comb += [
-            common.device_feature_select.eq(device_feature_select),
-            common.device_feature.eq(
-                Mux(device_feature_select < 2, Array(feature_window)[device_feature_select[0]], 0)
-            ),
-            common.driver_feature_select.eq(driver_feature_select),
-            common.driver_feature.eq(Mux(driver_feature_select < 2, Array(driver_window)[driver_feature_select[0]], 0)),
-            common.config_msix_vector.eq(config_msix_vector),
-            common.num_queues.eq(NUM_QUEUES),
-            common.device_status.eq(device_status),
-            common.config_generation.eq(config_generation),
-            common.queue_select.eq(queue_select),
-        ]
-        with m.If(qs_valid):
-            m.d.comb += [
-                common.queue_size.eq(qarray("size")[qsel]),
-                common.queue_msix_vector.eq(qarray("msix_vector")[qsel]),
-                common.queue_enable.eq(qarray("enable")[qsel]),
-                common.queue_notify_off.eq(queue_select),
-                common.queue_desc.eq(qarray("desc")[qsel]),
-                common.queue_driver.eq(qarray("driver")[qsel]),
-                common.queue_device.eq(qarray("device")[qsel]),
-                # queue_notif_config_data (v1.3): what the driver sends instead of the vqn with
-                # NOTIF_CONFIG_DATA (not offered); we present the vqn itself.
-                common.queue_notify_data.eq(queue_select),
-                common.queue_reset.eq(qarray("reset_req")[qsel]),
-            ]
+
+        def per_queue(value):
+            return Mux(qs_valid, value, 0)
+
+        fields = {
+            "device_feature_select": device_feature_select,
+            "device_feature": Mux(dfs_small, Array(feature_window)[device_feature_select[0]], 0),
+            "driver_feature_select": driver_feature_select,
+            "driver_feature": Mux(drfs_small, Array(driver_window)[driver_feature_select[0]], 0),
+            "config_msix_vector": config_msix_vector,
+            "num_queues": Const(NUM_QUEUES, 16),
+            "device_status": device_status,
+            "config_generation": config_generation,
+            "queue_select": queue_select,
+            "queue_size": per_queue(qarray("size")[qsel]),
+            "queue_msix_vector": per_queue(qarray("msix_vector")[qsel]),
+            "queue_enable": per_queue(qarray("enable")[qsel]),
+            "queue_notify_off": per_queue(queue_select),
+            "queue_desc": per_queue(qarray("desc")[qsel]),
+            "queue_driver": per_queue(qarray("driver")[qsel]),
+            "queue_device": per_queue(qarray("device")[qsel]),
+            # queue_notif_config_data (v1.3): what the driver sends instead of the vqn with
+            # NOTIF_CONFIG_DATA (not offered); we present the vqn itself.
+            "queue_notify_data": per_queue(queue_select),
+            "queue_reset": per_queue(qarray("reset_req")[qsel]),
+        }
+        parts, pos = [], 0
+        for name, field in sorted(layouts.COMMON_CFG, key=lambda nf: nf[1].offset):
+            width = Shape.cast(field.shape).width
+            assert field.offset == pos, f"common configuration layout has a gap before {name}"
+            v = Value.cast(fields.get(name, Const(0, width)))
+            parts.append(v[0:width] if len(v) >= width else Cat(v, Const(0, width - len(v))))
+            pos += width
+        common_bits = Cat(*parts)
+        assert len(common_bits) == layouts.COMMON_CFG.size
 
         # ---- device configuration view (5.1.4) ----
         net_cfg = Signal(layouts.NET_CONFIG)
@@ -219,38 +271,36 @@ class VirtioNetCore(wiring.Component):
             net_cfg.mtu.eq(device_map.DEFAULT_MTU),
         ]
 
-        # ---- read mux ----
-        rdata = Signal(64)
-        common_words = (spec.COMMON_CFG.size + 7) // 8
-        net_words = (spec.NET_CONFIG.size + 7) // 8
+        # ---- read mux: S1 selects the qword (one-hot window flags), S2 moves the bytes down and masks ----
         net_bits = Cat(net_cfg.as_value(), Const(0, net_words * 64 - spec.NET_CONFIG.width))
-        with m.Switch(page):
-            with m.Case(_PAGE_COMMON):
-                with m.If(qword < common_words):
-                    m.d.comb += rdata.eq(common.as_value().word_select(qword[0:3], 64) >> (offset * 8))
-            with m.Case(_PAGE_ISR):
-                with m.If(loc < device_map.ISR_LENGTH):
-                    m.d.comb += rdata.eq(isr >> (offset * 8))
-            with m.Case(_PAGE_DEVICE):
-                with m.If(qword < net_words):
-                    m.d.comb += rdata.eq(
-                        net_bits.word_select(qword[0 : max(1, (net_words - 1).bit_length())], 64) >> (offset * 8)
-                    )
-            with m.Case(_PAGE_PROVISION):
-                with m.If(loc < device_map.PROVISION_LENGTH):
-                    m.d.comb += rdata.eq(features_mask >> (offset * 8))
-        with m.If(start):
-            m.d.sync += bus.rdata.eq(rdata & size_mask(bus.size))
+        rword = Signal(64)
+        sel_word = Signal(64)
+        # The window flags are one-hot (at most one is set), so the selection is an AND-OR, not a priority chain.
+        sources = [(r_common[i], common_bits.word_select(i, 64)) for i in range(common_words)]
+        sources += [
+            (r_isr, isr),
+            (r_device, net_bits.word_select(r_qword[0 : max(1, (net_words - 1).bit_length())], 64)),
+            (r_provision, features_mask),
+        ]
+        terms = [Mux(flag, Value.cast(word), 0) for flag, word in sources]
+        or_all = terms[0]
+        for t in terms[1:]:
+            or_all = or_all | t
+        m.d.comb += sel_word.eq(or_all)
+        with m.If(rd):
+            m.d.sync += rword.eq(sel_word)
+        with m.If(p2):
+            m.d.sync += bus.rdata.eq((rword >> (r_offset * 8)) & size_mask(r_size))
 
-        # ---- ISR: read-to-clear (4.1.4.5); bits the engine sets in the same cycle survive ----
-        isr_read = rd & (page == _PAGE_ISR) & (loc < device_map.ISR_LENGTH)
+        # ---- ISR: read-to-clear (4.1.4.5) in the cycle its value is taken; bits the engine sets survive ----
+        isr_read = rd & r_isr
         m.d.sync += isr.eq(Mux(isr_read, 0, isr) | isr_set)
 
         # ---- common configuration writes ----
         def common_write(name: str):
             """(strobe, merged value) of a write touching field ``name`` of the common configuration."""
             index, byte_off, size = field_qword(spec.COMMON_CFG, name)
-            hit = wr & (page == _PAGE_COMMON) & (qword == index) & be[byte_off : byte_off + size].any()
+            hit = wr & r_common[index] & be[byte_off : byte_off + size].any()
             return hit, byte_off
 
         def merged(name: str, old):
@@ -261,13 +311,15 @@ class VirtioNetCore(wiring.Component):
 
         hit, _ = common_write("device_feature_select")
         with m.If(hit):
-            m.d.sync += device_feature_select.eq(merged("device_feature_select", device_feature_select))
+            dfs_new = merged("device_feature_select", device_feature_select)
+            m.d.sync += [device_feature_select.eq(dfs_new), dfs_small.eq(dfs_new < 2)]
         hit, _ = common_write("driver_feature_select")
         with m.If(hit):
-            m.d.sync += driver_feature_select.eq(merged("driver_feature_select", driver_feature_select))
+            drfs_new = merged("driver_feature_select", driver_feature_select)
+            m.d.sync += [driver_feature_select.eq(drfs_new), drfs_small.eq(drfs_new < 2)]
         hit, _ = common_write("driver_feature")
         # 3.1.1: the driver writes its features before FEATURES_OK; later writes are ignored.
-        with m.If(hit & ~features_ok_set & (driver_feature_select < 2)):
+        with m.If(hit & ~features_ok_set & drfs_small):
             for i in range(2):
                 with m.If(driver_feature_select[0] == i):
                     m.d.sync += driver_features[32 * i : 32 * i + 32].eq(merged("driver_feature", driver_window[i]))
@@ -280,9 +332,14 @@ class VirtioNetCore(wiring.Component):
         m.d.comb += new_status.eq(merged("device_status", device_status))
         # FEATURES_OK (3.1.1, 2.2.2): accepted only if the driver asked for a subset of what is offered and for
         # everything this device requires; otherwise the bit is left clear and the driver sees the refusal.
-        features_acceptable = ((driver_features & ~offered) == 0) & (
-            (driver_features & device_map.REQUIRED_FEATURES) == device_map.REQUIRED_FEATURES
-        )
+        # Evaluated in S0 (a 64-bit reduction) and used in S1: nothing changes the features in between, since
+        # only register writes do (one access at a time) and a device reset blocks the write (``r_write``).
+        features_acceptable = Signal()
+        with m.If(start):
+            m.d.sync += features_acceptable.eq(
+                ((driver_features & ~offered) == 0)
+                & ((driver_features & device_map.REQUIRED_FEATURES) == device_map.REQUIRED_FEATURES)
+            )
         with m.If(hit):
             with m.If(new_status == 0):
                 # 2.4.1 / 4.1.4.3.1: reset; completes (and reads back 0) once nothing is in flight.
@@ -300,11 +357,17 @@ class VirtioNetCore(wiring.Component):
 
         hit, _ = common_write("queue_select")
         with m.If(hit):
-            m.d.sync += queue_select.eq(merged("queue_select", queue_select))
+            qs_new = merged("queue_select", queue_select)
+            m.d.sync += [queue_select.eq(qs_new), qs_valid.eq(qs_new < NUM_QUEUES)]
+        # one flag per queue: queue_select names it (kept with queue_select, like qs_valid)
+        q_selected = Signal(NUM_QUEUES, init=1)
+        with m.If(hit):
+            for q in queues:
+                m.d.sync += q_selected[q.index].eq(merged("queue_select", queue_select) == q.index)
 
         ring_reset_ok = negotiated(Feature.RING_RESET)
         for q in queues:
-            sel = qs_valid & (queue_select == q.index)
+            sel = q_selected[q.index]
             hit, _ = common_write("queue_size")
             value = Signal(16, name=f"q{q.index}_size_w")
             m.d.comb += value.eq(merged("queue_size", q.size))
@@ -331,31 +394,42 @@ class VirtioNetCore(wiring.Component):
                 m.d.sync += q.reset_req.eq(1)
 
         # ---- notifications (4.1.5.2) ----
-        notify_hit = wr & (page == _PAGE_NOTIFY) & (loc < device_map.NOTIFY_LENGTH)
+        notify_hit = wr & r_notify
         notify = Signal(layouts.NOTIFY_DATA)
-        m.d.comb += notify.eq(bus.wdata[0:32])
-        with_data = negotiated(Feature.NOTIFICATION_DATA) & (bus.size == 2)
+        m.d.comb += notify.eq(r_wdata32)
+        with_data = negotiated(Feature.NOTIFICATION_DATA) & (r_size == 2)
         for q in queues:
             # The vqn in the data names the queue (4.1.5.2); each queue also has its own doorbell address.
             m.d.comb += [
-                q.kick.eq(notify_hit & (notify.vqn == q.index) & (loc[0:2] == 0)),
+                q.kick.eq(notify_hit & (notify.vqn == q.index)),
                 q.kick_has_data.eq(with_data),
                 q.kick_next_off.eq(notify.next_off),
                 q.kick_next_wrap.eq(notify.next_wrap),
             ]
 
         # ---- provisioning: only while the device is in reset (device_status == 0) ----
-        prov_hit = wr & (page == _PAGE_PROVISION) & (loc < device_map.PROVISION_LENGTH) & (device_status == 0)
+        prov_hit = wr & r_provision & (device_status == 0)
         with m.If(prov_hit):
             m.d.sync += features_mask.eq(merge_bytes(features_mask, wq, be, 0))
 
         # ---- device reset (2.4.1): status reads 0 only after the engine and the DMA engine are idle ----
-        m.d.comb += device_reset.eq(reset_pending & engine_idle & ~self.dma_busy)
+        # Idleness is registered (the DMA engine's ``busy`` is a wide reduction and the reset fans out to
+        # every register): the reset happens the cycle after both were idle with the reset already pending.
+        # That is safe because an engine that sees ``reset_pending`` while idle stays idle and issues no DMA
+        # request, so nothing can start in between (the engine's side of this contract: it starts no chain
+        # while ``reset_pending`` is set).
+        quiet = Signal()
+        m.d.sync += quiet.eq(reset_pending & engine_idle & ~self.dma_busy)
+        m.d.comb += device_reset.eq(reset_pending & quiet)
         with m.If(device_reset):
             m.d.sync += [
                 reset_pending.eq(0),
                 device_feature_select.eq(0),
                 driver_feature_select.eq(0),
+                dfs_small.eq(1),
+                drfs_small.eq(1),
+                qs_valid.eq(1),
+                q_selected.eq(1),
                 driver_features.eq(0),
                 config_msix_vector.eq(NO_VECTOR),
                 device_status.eq(0),
