@@ -481,35 +481,48 @@ class DmaEngine(wiring.Component):
             with m.Else():
                 m.d.sync += h_beat.eq(h_beat + 1)
             m.d.sync += in_tlp.eq(~rc_last)
-        with m.If(rc_valid & rc_last & ok):
-            m.d.comb += cpl_rem.eq(rem_now)
-            for i in range(nt):
-                with m.If(tag_now == i):
-                    m.d.comb += set_cpl[i].eq(1)
-
-        # the ring write of this beat: stream bytes s = beat*nb + l go to ring byte base + s
+        # Second stage (registered): the ring write of the beat and, on a completion's last beat, the tag's new
+        # count of missing bytes - in the same cycle, so a retired sub-request's bytes are in the ring.
+        # Stream bytes s = beat*nb + l go to ring byte base + s.
+        w_valid = Signal()
+        w_data = Signal(self.data_width)
+        w_en = Signal(nb)
+        w_rot = Signal(range(nb))
+        w_word = Signal(word_bits)
+        w_cpl = Signal()
+        w_tag = Signal(tbits)
+        w_rem = Signal(13)
         pos = Signal(PTR_WIDTH)
         m.d.comb += pos.eq(base + beat_idx * nb)
-        rot = Signal(range(nb))
-        m.d.comb += rot.eq(pos[:nbits])
-        word = Signal(word_bits)
-        m.d.comb += word.eq(pos[nbits:])
-        en = Signal(nb)
+        m.d.sync += [
+            w_valid.eq(rc_valid & ok),
+            w_data.eq(rc_data),
+            w_rot.eq(pos[:nbits]),
+            w_word.eq(pos[nbits:]),
+            w_cpl.eq(rc_valid & rc_last & ok),
+            w_tag.eq(tag_now),
+            w_rem.eq(rem_now),
+        ]
         for lane in range(nb):
             s = Signal(16, name=f"rc_s{lane}")
             m.d.comb += s.eq(beat_idx * nb + lane)
-            m.d.comb += en[lane].eq((s >= lo) & (s < hi) & ok & rc_valid)
-        data_rot = rotate_left(m, rc_data, rot, nb, 8, "rc_data")
-        en_rot = rotate_left(m, en, rot, nb, 1, "rc_en")
+            m.d.sync += w_en[lane].eq((s >= lo) & (s < hi) & ok & rc_valid)
+        with m.If(w_cpl & ~tag_err.bit_select(w_tag, 1)):
+            m.d.comb += cpl_rem.eq(w_rem)
+            for i in range(nt):
+                with m.If(w_tag == i):
+                    m.d.comb += set_cpl[i].eq(1)
+        data_rot = rotate_left(m, w_data, w_rot, nb, 8, "rc_data")
+        en_rot = rotate_left(m, w_en, w_rot, nb, 1, "rc_en")
         hi_part = Signal(nb)  # rotated lanes >= rot belong to `word`, the others to `word + 1`
         for lane in range(nb):
-            m.d.comb += hi_part[lane].eq(lane >= rot)
+            m.d.comb += hi_part[lane].eq(lane >= w_rot)
         word1 = Signal(word_bits)
-        m.d.comb += word1.eq(word + 1)
+        m.d.comb += word1.eq(w_word + 1)
         for b in range(2):
             wp = wports[b]
-            with m.If(word[0] == b):
-                m.d.comb += [wp.addr.eq(word[1:]), wp.data.eq(data_rot), wp.en.eq(en_rot & hi_part)]
+            with m.If(w_word[0] == b):
+                m.d.comb += [wp.addr.eq(w_word[1:]), wp.data.eq(data_rot), wp.en.eq(en_rot & hi_part)]
             with m.Else():
                 m.d.comb += [wp.addr.eq(word1[1:]), wp.data.eq(data_rot), wp.en.eq(en_rot & ~hi_part)]
 
