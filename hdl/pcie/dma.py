@@ -316,7 +316,7 @@ class DmaEngine(wiring.Component):
             ]
             m.d.sync += alloc_ptr.eq(alloc_ptr + req_len_rounded)
 
-        # ---- splitter
+        # ---- splitter, stage 1 (plan): cut the current request into the next TLP's (address, length)
         active = Signal()
         cur_addr = Signal(64)
         cur_rem = Signal(DMA_LEN_WIDTH)
@@ -330,43 +330,35 @@ class DmaEngine(wiring.Component):
         m.d.comb += lim.eq(Mux(to_4k < mrrs, to_4k, mrrs))
         chunk = Signal(13)
         m.d.comb += chunk.eq(Mux(cur_rem < lim, cur_rem, lim))
-        cur_zero = Signal()
-        m.d.comb += cur_zero.eq(cur_rem == 0)
-        last_chunk = Signal()
+        last_chunk = Signal()  # also true for a zero-length request
         m.d.comb += last_chunk.eq(cur_rem <= lim)
 
-        fresh = Signal(range(nt + 1))  # tags never used since reset: fresh .. nt-1
-        tag = Signal(tbits)
-        have_tag = Signal()
-        m.d.comb += [
-            have_tag.eq((fresh != nt) | free_fifo.r_rdy),
-            tag.eq(Mux(fresh != nt, fresh, free_fifo.r_data)),
-        ]
-        space_ok = Signal()
-        m.d.comb += space_ok.eq(((cur_pos + chunk - drain_ptr)[:PTR_WIDTH]) <= self.ring_bytes)
-        fence_ok = Signal()
-        m.d.comb += fence_ok.eq(~cur_after | ((wr_handed - cur_fence)[:FENCE_WIDTH].as_signed() >= 0))
-        with m.If(active & cur_after & fence_ok):
-            m.d.sync += cur_after.eq(0)  # latched: the write counter may run far ahead later
-
-        desc, (rd_fbe, rd_lbe), _ = self._rq_descriptor(m, cur_addr, chunk, ReqType.MEM_READ, tag, "rdreq")
-        tlp_ok = Signal()
-        m.d.comb += tlp_ok.eq(active & ~cur_zero & have_tag & space_ok & order_fifo.w_rdy & fence_ok)
-        m.d.comb += [
-            rq["tvalid"].eq(tlp_ok),
-            rq["tdata"].eq(desc.as_value()),
-            rq["tkeep"].eq((1 << 4) - 1),
-            rq["tlast"].eq(1),
-            rq["tuser"].eq(rq_tuser(self.data_width, rd_fbe, rd_lbe, Const(1, 1), Const(1, 1), Const(3, 4))),
-        ]
-        tlp_fire = Signal()
-        zero_fire = Signal()
-        m.d.comb += [
-            tlp_fire.eq(tlp_ok & rq["tready"]),
-            zero_fire.eq(active & cur_zero & order_fifo.w_rdy),
-        ]
+        p_valid = Signal()
+        p_addr = Signal(64)
+        p_chunk = Signal(13)
+        p_end = Signal(PTR_WIDTH)  # ring position of the TLP's end
+        p_last = Signal()  # last TLP of its core request
+        p_zero = Signal()  # a zero-length request: no TLP, just its error result
+        p_fence = Signal(FENCE_WIDTH)
+        p_after = Signal()
+        p_take = Signal()
+        plan = Signal()
+        m.d.comb += plan.eq(active & (~p_valid | p_take))
+        with m.If(plan):
+            m.d.sync += [
+                p_valid.eq(1),
+                p_addr.eq(cur_addr),
+                p_chunk.eq(chunk),
+                p_end.eq(cur_pos + chunk),
+                p_last.eq(last_chunk),
+                p_zero.eq(cur_rem == 0),
+                p_fence.eq(cur_fence),
+                p_after.eq(cur_after),
+            ]
+        with m.Elif(p_take):
+            m.d.sync += p_valid.eq(0)
         finishing = Signal()
-        m.d.comb += finishing.eq(zero_fire | (tlp_fire & last_chunk))
+        m.d.comb += finishing.eq(plan & last_chunk)
         q_addr, q_len, q_pos, q_fence, q_after = (Signal(n, name=f"rdq_{i}") for i, n in enumerate(req_layout))
         m.d.comb += Cat(q_addr, q_len, q_pos, q_fence, q_after).eq(req_fifo.r_data)
         with m.If(req_fifo.r_rdy & (~active | finishing)):
@@ -381,15 +373,47 @@ class DmaEngine(wiring.Component):
             ]
         with m.Elif(finishing):
             m.d.sync += active.eq(0)
-        with m.Elif(tlp_fire):
+        with m.Elif(plan):
             m.d.sync += [
                 cur_addr.eq(cur_addr + chunk),
                 cur_rem.eq(cur_rem - chunk),
                 cur_pos.eq(cur_pos + chunk),
             ]
+
+        # ---- splitter, stage 2 (issue): a tag, ring space, order-FIFO room and the write fence, then RQ
+        fresh = Signal(range(nt + 1))  # tags never used since reset: fresh .. nt-1
+        tag = Signal(tbits)
+        have_tag = Signal()
+        m.d.comb += [
+            have_tag.eq((fresh != nt) | free_fifo.r_rdy),
+            tag.eq(Mux(fresh != nt, fresh, free_fifo.r_data)),
+        ]
+        space_ok = Signal()
+        m.d.comb += space_ok.eq(((p_end - drain_ptr)[:PTR_WIDTH]) <= self.ring_bytes)
+        # 24-bit counters: a read would have to wait for 2^23 later writes before the comparison wrapped
+        fence_ok = Signal()
+        m.d.comb += fence_ok.eq(~p_after | ((wr_handed - p_fence)[:FENCE_WIDTH].as_signed() >= 0))
+
+        desc, (rd_fbe, rd_lbe), _ = self._rq_descriptor(m, p_addr, p_chunk, ReqType.MEM_READ, tag, "rdreq")
+        tlp_ok = Signal()
+        m.d.comb += tlp_ok.eq(p_valid & ~p_zero & have_tag & space_ok & order_fifo.w_rdy & fence_ok)
+        m.d.comb += [
+            rq["tvalid"].eq(tlp_ok),
+            rq["tdata"].eq(desc.as_value()),
+            rq["tkeep"].eq((1 << 4) - 1),
+            rq["tlast"].eq(1),
+            rq["tuser"].eq(rq_tuser(self.data_width, rd_fbe, rd_lbe, Const(1, 1), Const(1, 1), Const(3, 4))),
+        ]
+        tlp_fire = Signal()
+        zero_fire = Signal()
+        m.d.comb += [
+            tlp_fire.eq(tlp_ok & rq["tready"]),
+            zero_fire.eq(p_valid & p_zero & order_fifo.w_rdy),
+            p_take.eq(tlp_fire | zero_fire),
+        ]
         with m.If(tlp_fire):
-            m.d.comb += [issue_len.eq(chunk), issue_end.eq(cur_pos + chunk)]
-            m.d.comb += [order_fifo.w_en.eq(1), order_fifo.w_data.eq(Cat(tag, last_chunk, Const(0, 1)))]
+            m.d.comb += [issue_len.eq(p_chunk), issue_end.eq(p_end)]
+            m.d.comb += [order_fifo.w_en.eq(1), order_fifo.w_data.eq(Cat(tag, p_last, Const(0, 1)))]
             with m.If(fresh != nt):
                 m.d.sync += fresh.eq(fresh + 1)
             with m.Else():
@@ -645,7 +669,7 @@ class DmaEngine(wiring.Component):
             rd.error.eq(b_err),
             rd.data_keep.eq(b_keep),
         ]
-        return active | req_fifo.r_rdy | drain_fifo.r_rdy | b_valid | (n_out != 0) | order_fifo.r_rdy
+        return active | p_valid | req_fifo.r_rdy | drain_fifo.r_rdy | b_valid | (n_out != 0) | order_fifo.r_rdy
 
     # ------------------------------------------------------------------------------------------------
     def _write_side(self, m, rq):
