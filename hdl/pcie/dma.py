@@ -195,9 +195,24 @@ class DmaEngine(wiring.Component):
         }
 
     def _rq_arbiter(self, m: Module, sources: list[dict]) -> None:
-        """Round-robin between two TLP sources into a registered RQ output; a grant holds until ``tlast``."""
+        """Round-robin between two registered TLP sources into a registered RQ output; a grant holds until
+        ``tlast``."""
         assert len(sources) == 2
         rq = self.rq
+        fields = ("tdata", "tkeep", "tlast", "tuser", "tvalid", "mark")
+        # One register per source first: a source's tready then depends on registers and RQ tready only, not
+        # on its own tvalid through the arbitration (that loop was the longest path of the engine).
+        staged = []
+        for i, src in enumerate(sources):
+            reg = {k: Signal.like(src[k], name=f"rq_src{i}_{k}") for k in fields}
+            reg["tready"] = Signal(name=f"rq_src{i}_taken")
+            m.d.comb += src["tready"].eq(~reg["tvalid"] | reg["tready"])
+            with m.If(src["tready"]):
+                m.d.sync += reg["tvalid"].eq(src["tvalid"])
+                with m.If(src["tvalid"]):
+                    m.d.sync += [reg[k].eq(src[k]) for k in fields if k != "tvalid"]
+            staged.append(reg)
+        sources = staged
         locked = Signal()  # a TLP of `grant` is half way through
         grant = Signal()
         last = Signal()  # the source that ended the previous TLP: the other one goes first
@@ -206,7 +221,6 @@ class DmaEngine(wiring.Component):
         m.d.comb += load.eq(~rq.tvalid | rq.tready)
         other_valid = Mux(last, sources[0]["tvalid"], sources[1]["tvalid"])
         m.d.comb += sel.eq(Mux(locked, grant, Mux(other_valid, ~last, last)))
-        fields = ("tdata", "tkeep", "tlast", "tuser", "tvalid", "mark")
         mark = Signal()  # the beat in the output register ends a write request
         chosen = {k: Mux(sel, sources[1][k], sources[0][k]) for k in fields}
         for i, src in enumerate(sources):
