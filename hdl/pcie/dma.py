@@ -297,7 +297,8 @@ class DmaEngine(wiring.Component):
             width=PTR_WIDTH + DMA_LEN_WIDTH, depth=self.max_read_requests
         )
         m.submodules.rd_err_fifo = err_fifo = fifo.SyncFIFO(width=1, depth=self.max_read_requests)
-        m.submodules.rd_order_fifo = order_fifo = fifo.SyncFIFO(width=tbits + 2, depth=nt)
+        # never full: an entry holds a tag, or stands for a zero-length request still in the drain FIFO
+        m.submodules.rd_order_fifo = order_fifo = fifo.SyncFIFO(width=tbits + 2, depth=nt + self.max_read_requests)
         m.submodules.rd_free_fifo = free_fifo = fifo.SyncFIFO(width=tbits, depth=nt)
 
         alloc_ptr = Signal(PTR_WIDTH)  # next free ring byte (word aligned)
@@ -410,7 +411,7 @@ class DmaEngine(wiring.Component):
 
         desc, (rd_fbe, rd_lbe), _ = self._rq_descriptor(m, p_addr, p_chunk, ReqType.MEM_READ, tag, "rdreq")
         tlp_ok = Signal()
-        m.d.comb += tlp_ok.eq(p_valid & ~p_zero & have_tag & space_ok & order_fifo.w_rdy & fence_ok)
+        m.d.comb += tlp_ok.eq(p_valid & ~p_zero & have_tag & space_ok & fence_ok)
         m.d.comb += [
             rq["tvalid"].eq(tlp_ok),
             rq["tdata"].eq(desc.as_value()),
@@ -422,7 +423,7 @@ class DmaEngine(wiring.Component):
         zero_fire = Signal()
         m.d.comb += [
             tlp_fire.eq(tlp_ok & rq["tready"]),
-            zero_fire.eq(p_valid & p_zero & order_fifo.w_rdy),
+            zero_fire.eq(p_valid & p_zero),
             p_take.eq(tlp_fire | zero_fire),
         ]
         with m.If(tlp_fire):
