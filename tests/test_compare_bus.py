@@ -86,7 +86,6 @@ def test_planted_bug_against_the_rtl_is_found_at_the_first_differing_event(capsy
     assert diff["rtl"][0] == first_kind
     # everything before the reported event is identical on both sides
     context = diff["context"]
-    assert (
-        context["rtl"][: diff["index"] - diff["context_start"]]
-        == context["soft-pcie*"][: diff["index"] - diff["context_start"]]
-    )
+    assert context["rtl"][: diff["index"] - diff["context_start"]] == context["soft-pcie*"][
+        : diff["index"] - diff["context_start"]
+    ]

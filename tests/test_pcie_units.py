@@ -727,7 +727,7 @@ def test_dma_many_reads_in_flight_reordered_with_backpressure(width: int) -> Non
     for i, (addr, length, _) in enumerate(reqs):
         assert out["data"][i] == host.initial[addr : addr + length], f"request {i}"
         assert out["error"][i] is False
-    assert host.max_outstanding >= 12
+    assert host.max_outstanding >= (8 if width == 128 else 12)  # the ring is 32 * width bytes: 4 KiB at 128
     assert not out["busy_after"]
     reads = [t for t in host.tlps if t["kind"] == "R"]
     assert all(t["len"] <= 512 and t["addr"] // 4096 == (t["addr"] + t["len"] - 1) // 4096 for t in reads)

@@ -195,9 +195,24 @@ class DmaEngine(wiring.Component):
         }
 
     def _rq_arbiter(self, m: Module, sources: list[dict]) -> None:
-        """Round-robin between two TLP sources into a registered RQ output; a grant holds until ``tlast``."""
+        """Round-robin between two registered TLP sources into a registered RQ output; a grant holds until
+        ``tlast``."""
         assert len(sources) == 2
         rq = self.rq
+        fields = ("tdata", "tkeep", "tlast", "tuser", "tvalid", "mark")
+        # One register per source first: a source's tready then depends on registers and RQ tready only, not
+        # on its own tvalid through the arbitration (that loop was the longest path of the engine).
+        staged = []
+        for i, src in enumerate(sources):
+            reg = {k: Signal.like(src[k], name=f"rq_src{i}_{k}") for k in fields}
+            reg["tready"] = Signal(name=f"rq_src{i}_taken")
+            m.d.comb += src["tready"].eq(~reg["tvalid"] | reg["tready"])
+            with m.If(src["tready"]):
+                m.d.sync += reg["tvalid"].eq(src["tvalid"])
+                with m.If(src["tvalid"]):
+                    m.d.sync += [reg[k].eq(src[k]) for k in fields if k != "tvalid"]
+            staged.append(reg)
+        sources = staged
         locked = Signal()  # a TLP of `grant` is half way through
         grant = Signal()
         last = Signal()  # the source that ended the previous TLP: the other one goes first
@@ -206,7 +221,6 @@ class DmaEngine(wiring.Component):
         m.d.comb += load.eq(~rq.tvalid | rq.tready)
         other_valid = Mux(last, sources[0]["tvalid"], sources[1]["tvalid"])
         m.d.comb += sel.eq(Mux(locked, grant, Mux(other_valid, ~last, last)))
-        fields = ("tdata", "tkeep", "tlast", "tuser", "tvalid", "mark")
         mark = Signal()  # the beat in the output register ends a write request
         chosen = {k: Mux(sel, sources[1][k], sources[0][k]) for k in fields}
         for i, src in enumerate(sources):
@@ -283,7 +297,8 @@ class DmaEngine(wiring.Component):
             width=PTR_WIDTH + DMA_LEN_WIDTH, depth=self.max_read_requests
         )
         m.submodules.rd_err_fifo = err_fifo = fifo.SyncFIFO(width=1, depth=self.max_read_requests)
-        m.submodules.rd_order_fifo = order_fifo = fifo.SyncFIFO(width=tbits + 2, depth=nt)
+        # never full: an entry holds a tag, or stands for a zero-length request still in the drain FIFO
+        m.submodules.rd_order_fifo = order_fifo = fifo.SyncFIFO(width=tbits + 2, depth=nt + self.max_read_requests)
         m.submodules.rd_free_fifo = free_fifo = fifo.SyncFIFO(width=tbits, depth=nt)
 
         alloc_ptr = Signal(PTR_WIDTH)  # next free ring byte (word aligned)
@@ -316,7 +331,7 @@ class DmaEngine(wiring.Component):
             ]
             m.d.sync += alloc_ptr.eq(alloc_ptr + req_len_rounded)
 
-        # ---- splitter
+        # ---- splitter, stage 1 (plan): cut the current request into the next TLP's (address, length)
         active = Signal()
         cur_addr = Signal(64)
         cur_rem = Signal(DMA_LEN_WIDTH)
@@ -330,43 +345,35 @@ class DmaEngine(wiring.Component):
         m.d.comb += lim.eq(Mux(to_4k < mrrs, to_4k, mrrs))
         chunk = Signal(13)
         m.d.comb += chunk.eq(Mux(cur_rem < lim, cur_rem, lim))
-        cur_zero = Signal()
-        m.d.comb += cur_zero.eq(cur_rem == 0)
-        last_chunk = Signal()
+        last_chunk = Signal()  # also true for a zero-length request
         m.d.comb += last_chunk.eq(cur_rem <= lim)
 
-        fresh = Signal(range(nt + 1))  # tags never used since reset: fresh .. nt-1
-        tag = Signal(tbits)
-        have_tag = Signal()
-        m.d.comb += [
-            have_tag.eq((fresh != nt) | free_fifo.r_rdy),
-            tag.eq(Mux(fresh != nt, fresh, free_fifo.r_data)),
-        ]
-        space_ok = Signal()
-        m.d.comb += space_ok.eq(((cur_pos + chunk - drain_ptr)[:PTR_WIDTH]) <= self.ring_bytes)
-        fence_ok = Signal()
-        m.d.comb += fence_ok.eq(~cur_after | ((wr_handed - cur_fence)[:FENCE_WIDTH].as_signed() >= 0))
-        with m.If(active & cur_after & fence_ok):
-            m.d.sync += cur_after.eq(0)  # latched: the write counter may run far ahead later
-
-        desc, (rd_fbe, rd_lbe), _ = self._rq_descriptor(m, cur_addr, chunk, ReqType.MEM_READ, tag, "rdreq")
-        tlp_ok = Signal()
-        m.d.comb += tlp_ok.eq(active & ~cur_zero & have_tag & space_ok & order_fifo.w_rdy & fence_ok)
-        m.d.comb += [
-            rq["tvalid"].eq(tlp_ok),
-            rq["tdata"].eq(desc.as_value()),
-            rq["tkeep"].eq((1 << 4) - 1),
-            rq["tlast"].eq(1),
-            rq["tuser"].eq(rq_tuser(self.data_width, rd_fbe, rd_lbe, Const(1, 1), Const(1, 1), Const(3, 4))),
-        ]
-        tlp_fire = Signal()
-        zero_fire = Signal()
-        m.d.comb += [
-            tlp_fire.eq(tlp_ok & rq["tready"]),
-            zero_fire.eq(active & cur_zero & order_fifo.w_rdy),
-        ]
+        p_valid = Signal()
+        p_addr = Signal(64)
+        p_chunk = Signal(13)
+        p_end = Signal(PTR_WIDTH)  # ring position of the TLP's end
+        p_last = Signal()  # last TLP of its core request
+        p_zero = Signal()  # a zero-length request: no TLP, just its error result
+        p_fence = Signal(FENCE_WIDTH)
+        p_after = Signal()
+        p_take = Signal()
+        plan = Signal()
+        m.d.comb += plan.eq(active & (~p_valid | p_take))
+        with m.If(plan):
+            m.d.sync += [
+                p_valid.eq(1),
+                p_addr.eq(cur_addr),
+                p_chunk.eq(chunk),
+                p_end.eq(cur_pos + chunk),
+                p_last.eq(last_chunk),
+                p_zero.eq(cur_rem == 0),
+                p_fence.eq(cur_fence),
+                p_after.eq(cur_after),
+            ]
+        with m.Elif(p_take):
+            m.d.sync += p_valid.eq(0)
         finishing = Signal()
-        m.d.comb += finishing.eq(zero_fire | (tlp_fire & last_chunk))
+        m.d.comb += finishing.eq(plan & last_chunk)
         q_addr, q_len, q_pos, q_fence, q_after = (Signal(n, name=f"rdq_{i}") for i, n in enumerate(req_layout))
         m.d.comb += Cat(q_addr, q_len, q_pos, q_fence, q_after).eq(req_fifo.r_data)
         with m.If(req_fifo.r_rdy & (~active | finishing)):
@@ -381,15 +388,47 @@ class DmaEngine(wiring.Component):
             ]
         with m.Elif(finishing):
             m.d.sync += active.eq(0)
-        with m.Elif(tlp_fire):
+        with m.Elif(plan):
             m.d.sync += [
                 cur_addr.eq(cur_addr + chunk),
                 cur_rem.eq(cur_rem - chunk),
                 cur_pos.eq(cur_pos + chunk),
             ]
+
+        # ---- splitter, stage 2 (issue): a tag, ring space, order-FIFO room and the write fence, then RQ
+        fresh = Signal(range(nt + 1))  # tags never used since reset: fresh .. nt-1
+        tag = Signal(tbits)
+        have_tag = Signal()
+        m.d.comb += [
+            have_tag.eq((fresh != nt) | free_fifo.r_rdy),
+            tag.eq(Mux(fresh != nt, fresh, free_fifo.r_data)),
+        ]
+        space_ok = Signal()
+        m.d.comb += space_ok.eq(((p_end - drain_ptr)[:PTR_WIDTH]) <= self.ring_bytes)
+        # 24-bit counters: a read would have to wait for 2^23 later writes before the comparison wrapped
+        fence_ok = Signal()
+        m.d.comb += fence_ok.eq(~p_after | ((wr_handed - p_fence)[:FENCE_WIDTH].as_signed() >= 0))
+
+        desc, (rd_fbe, rd_lbe), _ = self._rq_descriptor(m, p_addr, p_chunk, ReqType.MEM_READ, tag, "rdreq")
+        tlp_ok = Signal()
+        m.d.comb += tlp_ok.eq(p_valid & ~p_zero & have_tag & space_ok & fence_ok)
+        m.d.comb += [
+            rq["tvalid"].eq(tlp_ok),
+            rq["tdata"].eq(desc.as_value()),
+            rq["tkeep"].eq((1 << 4) - 1),
+            rq["tlast"].eq(1),
+            rq["tuser"].eq(rq_tuser(self.data_width, rd_fbe, rd_lbe, Const(1, 1), Const(1, 1), Const(3, 4))),
+        ]
+        tlp_fire = Signal()
+        zero_fire = Signal()
+        m.d.comb += [
+            tlp_fire.eq(tlp_ok & rq["tready"]),
+            zero_fire.eq(p_valid & p_zero),
+            p_take.eq(tlp_fire | zero_fire),
+        ]
         with m.If(tlp_fire):
-            m.d.comb += [issue_len.eq(chunk), issue_end.eq(cur_pos + chunk)]
-            m.d.comb += [order_fifo.w_en.eq(1), order_fifo.w_data.eq(Cat(tag, last_chunk, Const(0, 1)))]
+            m.d.comb += [issue_len.eq(p_chunk), issue_end.eq(p_end)]
+            m.d.comb += [order_fifo.w_en.eq(1), order_fifo.w_data.eq(Cat(tag, p_last, Const(0, 1)))]
             with m.If(fresh != nt):
                 m.d.sync += fresh.eq(fresh + 1)
             with m.Else():
@@ -481,35 +520,48 @@ class DmaEngine(wiring.Component):
             with m.Else():
                 m.d.sync += h_beat.eq(h_beat + 1)
             m.d.sync += in_tlp.eq(~rc_last)
-        with m.If(rc_valid & rc_last & ok):
-            m.d.comb += cpl_rem.eq(rem_now)
-            for i in range(nt):
-                with m.If(tag_now == i):
-                    m.d.comb += set_cpl[i].eq(1)
-
-        # the ring write of this beat: stream bytes s = beat*nb + l go to ring byte base + s
+        # Second stage (registered): the ring write of the beat and, on a completion's last beat, the tag's new
+        # count of missing bytes - in the same cycle, so a retired sub-request's bytes are in the ring.
+        # Stream bytes s = beat*nb + l go to ring byte base + s.
+        w_valid = Signal()
+        w_data = Signal(self.data_width)
+        w_en = Signal(nb)
+        w_rot = Signal(range(nb))
+        w_word = Signal(word_bits)
+        w_cpl = Signal()
+        w_tag = Signal(tbits)
+        w_rem = Signal(13)
         pos = Signal(PTR_WIDTH)
         m.d.comb += pos.eq(base + beat_idx * nb)
-        rot = Signal(range(nb))
-        m.d.comb += rot.eq(pos[:nbits])
-        word = Signal(word_bits)
-        m.d.comb += word.eq(pos[nbits:])
-        en = Signal(nb)
+        m.d.sync += [
+            w_valid.eq(rc_valid & ok),
+            w_data.eq(rc_data),
+            w_rot.eq(pos[:nbits]),
+            w_word.eq(pos[nbits:]),
+            w_cpl.eq(rc_valid & rc_last & ok),
+            w_tag.eq(tag_now),
+            w_rem.eq(rem_now),
+        ]
         for lane in range(nb):
             s = Signal(16, name=f"rc_s{lane}")
             m.d.comb += s.eq(beat_idx * nb + lane)
-            m.d.comb += en[lane].eq((s >= lo) & (s < hi) & ok & rc_valid)
-        data_rot = rotate_left(m, rc_data, rot, nb, 8, "rc_data")
-        en_rot = rotate_left(m, en, rot, nb, 1, "rc_en")
+            m.d.sync += w_en[lane].eq((s >= lo) & (s < hi) & ok & rc_valid)
+        with m.If(w_cpl & ~tag_err.bit_select(w_tag, 1)):
+            m.d.comb += cpl_rem.eq(w_rem)
+            for i in range(nt):
+                with m.If(w_tag == i):
+                    m.d.comb += set_cpl[i].eq(1)
+        data_rot = rotate_left(m, w_data, w_rot, nb, 8, "rc_data")
+        en_rot = rotate_left(m, w_en, w_rot, nb, 1, "rc_en")
         hi_part = Signal(nb)  # rotated lanes >= rot belong to `word`, the others to `word + 1`
         for lane in range(nb):
-            m.d.comb += hi_part[lane].eq(lane >= rot)
+            m.d.comb += hi_part[lane].eq(lane >= w_rot)
         word1 = Signal(word_bits)
-        m.d.comb += word1.eq(word + 1)
+        m.d.comb += word1.eq(w_word + 1)
         for b in range(2):
             wp = wports[b]
-            with m.If(word[0] == b):
-                m.d.comb += [wp.addr.eq(word[1:]), wp.data.eq(data_rot), wp.en.eq(en_rot & hi_part)]
+            with m.If(w_word[0] == b):
+                m.d.comb += [wp.addr.eq(w_word[1:]), wp.data.eq(data_rot), wp.en.eq(en_rot & hi_part)]
             with m.Else():
                 m.d.comb += [wp.addr.eq(word1[1:]), wp.data.eq(data_rot), wp.en.eq(en_rot & ~hi_part)]
 
@@ -632,7 +684,7 @@ class DmaEngine(wiring.Component):
             rd.error.eq(b_err),
             rd.data_keep.eq(b_keep),
         ]
-        return active | req_fifo.r_rdy | drain_fifo.r_rdy | b_valid | (n_out != 0) | order_fifo.r_rdy
+        return active | p_valid | req_fifo.r_rdy | drain_fifo.r_rdy | b_valid | (n_out != 0) | order_fifo.r_rdy
 
     # ------------------------------------------------------------------------------------------------
     def _write_side(self, m, rq):
