@@ -16,6 +16,8 @@
   ``eth_rx`` (TX-only and RX-only benchmarks);
 * :meth:`EndpointBench.add_function`: a second, pure-Python PCIe device (for example the software reference
   device) on its own root port of the same RootComplex, so both can be driven and compared in one run.
+
+All of that except the bus decoding is :class:`BenchCommon`, which the P-tile bench (:mod:`sim.ptile`) shares.
 """
 
 from __future__ import annotations
