@@ -7,8 +7,10 @@ the simulation.  Conventions:
   ``gbps`` counts frame bytes only, ``mpps`` frames per microsecond at the simulated clock;
 * ``cycles_per_frame`` is the measurement window (completion of frame W to completion of frame W+N, see
   :mod:`sim.throughput`) divided by N;
-* **link limits** per direction, Gen3 (8 GT/s, 128b/130b) at the lane count the bench's model uses
-  (x4/x8/x16 for 128/256/512-bit interfaces): ``raw`` is the symbol rate (7.88 GB/s at x8); the 256-byte-payload
+* **link limits** per direction, at the link the bench's model trains to: Gen3 (8 GT/s, 128b/130b) at x4/x8/x16
+  for the UltraScale+ 128/256/512-bit interfaces unless the result says otherwise (``link_generation`` and
+  ``link_lanes`` from :func:`sim.throughput.steady_state`; the P-tile bench is Gen4 x8, 16 GT/s): ``raw`` is
+  the symbol rate (7.88 GB/s at Gen3 x8); the 256-byte-payload
   limits divide by the bytes one 256-byte TLP costs: payload + header (16 for a 64-bit-address write, 12 for a
   completion) + 8 (framing and LCRC, as cocotbext-pcie's ``Tlp.get_wire_size``) + 2 (ACK and flow-control DLLPs,
   amortised), which gives 7.15 GB/s for writes and 7.25 GB/s for completions at x8;
@@ -38,9 +40,15 @@ LATENCIES_NS = (0, 250, 500, 1000)
 MODES = ("loopback", "tx", "rx")
 
 
-def link_limits(data_width: int = 256) -> dict[str, float]:
-    """Bytes per second per direction: ``raw``, ``write`` (256-byte writes), ``completion`` (256-byte)."""
-    raw = GEN3_BYTES_PER_LANE * LANES[data_width]
+def link_limits(data_width: int = 256, *, generation: int = 3, lanes: int | None = None) -> dict[str, float]:
+    """Bytes per second per direction: ``raw``, ``write`` (256-byte writes), ``completion`` (256-byte).
+
+    ``generation`` 3 or later (128b/130b coding; each generation doubles the rate), ``lanes`` by default the
+    lane count the UltraScale+ bench uses for ``data_width``.
+    """
+    if generation < 3:
+        raise ValueError(f"link generation {generation}: only Gen3 and later (128b/130b) are modelled here")
+    raw = GEN3_BYTES_PER_LANE * (2 ** (generation - 3)) * (lanes or LANES[data_width])
     return {
         "raw": raw,
         "write": raw * PAYLOAD / (PAYLOAD + WRITE_HEADER + TLP_OVERHEAD + DLLP_SHARE),
@@ -138,7 +146,7 @@ def case_figures(case: Case, raw: dict[str, Any], *, data_width: int = 256, cloc
     seconds = cycles / (clock_mhz * 1e6)
     cpf = cycles / frames
     mpps = clock_mhz / cpf
-    limits = link_limits(data_width)
+    limits = link_limits(data_width, generation=raw.get("link_generation") or 3, lanes=raw.get("link_lanes"))
     up, down = w["link"]["to_host"], w["link"]["to_device"]
     up_payload = up["write_payload_bytes"] + up["completion_payload_bytes"]
     down_payload = down["write_payload_bytes"] + down["completion_payload_bytes"]

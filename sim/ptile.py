@@ -34,6 +34,7 @@ from cocotbext.pcie.core.caps.common import PciCap
 from cocotbext.pcie.intel.ptile import PTilePcieDevice, PTileRxBus, PTileTxBus
 from cocotbext.pcie.intel.ptile.ptile_model import PTilePcieFunction
 
+from sim.testbench import BenchCommon, _be_bytes, _random_pauses
 from sim.usp import quiet
 from virtio_fpga import device_map, spec
 from virtio_fpga.spec import CfgType
@@ -171,21 +172,31 @@ class VirtioPtileDevice(PTilePcieDevice):
 USER_CLK_MHZ = 250
 
 
-class PtileEndpointBench:
-    """RootComplex + VirtioPtileDevice around the P-tile build (the API of :class:`sim.testbench.EndpointBench`)."""
+#: Avalon-ST header fields (683059 4.3: header dword 0 in bits 127:96, PCIe Base byte order in each dword)
+TYPE_MEM = 0b00000
+TYPE_CPL = 0b01010
+
+
+class PtileEndpointBench(BenchCommon):
+    """RootComplex + VirtioPtileDevice around the P-tile build (the API of :class:`sim.testbench.EndpointBench`).
+
+    The shared parts (counters, read latency, link taps, external Ethernet) come from
+    :class:`sim.testbench.BenchCommon`; what differs is :meth:`_monitor`, which decodes the TLP headers of
+    ``tx_st`` (the DUT's requests) and ``rx_st`` (completions of its reads) instead of RQ/RC descriptors.
+    """
 
     def __init__(self, dut, *, backpressure: bool = False, seed: int = 1, log_level: int = logging.WARNING,
-                 max_payload_size: int = 256, max_read_request_size: int = 512) -> None:  # fmt: skip
-        from sim.testbench import BusCounters, _random_pauses
-
-        self._pauses = _random_pauses
+                 max_payload_size: int = 256, max_read_request_size: int = 512,
+                 read_latency_ns: float = 0.0) -> None:  # fmt: skip
         self.dut = dut
         self.log = logging.getLogger("cocotb.tb")
         self.log.setLevel(log_level)
         self.backpressure = backpressure
         self.seed = seed
-        self.counters = BusCounters()
         self.data_width = len(dut.rx_st_data)
+        self.clock = dut.coreclkout_hip
+        self.eth_reset = dut.reset_status_n
+        self.eth_reset_active_level = False
 
         self.rc = RootComplex()
         self.rc.max_payload_size = (max_payload_size // 128 - 1).bit_length()
@@ -248,8 +259,7 @@ class PtileEndpointBench:
         fn.configure_bar(device_map.BAR, device_map.BAR_SIZE, ext=True)
 
         self.rc.make_port().connect(self.dev)
-        self.ep = None
-        self.extra_functions: list = []
+        self._init_common(read_latency_ns)
 
         dut.loopback_enable.value = 1
         dut.eth_tx_tready.value = 1
@@ -272,39 +282,44 @@ class PtileEndpointBench:
         return cls(dut, **kwargs)
 
     async def _monitor(self) -> None:
-        """Count cycles and the DUT's memory requests on tx_st, from the headers as they pass."""
+        """Count cycles, the DUT's memory requests on ``tx_st`` and the completions of its reads on ``rx_st``,
+        from the TLP headers as they pass (one header per ``sop``; the build has a single segment)."""
         dut = self.dut
         clk = RisingEdge(dut.coreclkout_hip)
-        from sim.testbench import _be_bytes
-
+        c = self.counters
         while True:
             await clk
-            self.counters.cycles += 1
+            c.cycles += 1
+            # rx_st valid is asserted only where the DUT's ready allowed it (ready latency): valid + sop is a TLP
+            if int(dut.rx_st_valid.value) and int(dut.rx_st_sop.value):
+                hdr = int(dut.rx_st_hdr.value)
+                dw0, dw1, dw2 = hdr >> 96, (hdr >> 64) & 0xFFFFFFFF, (hdr >> 32) & 0xFFFFFFFF
+                if (dw0 >> 24) & 0x1F == TYPE_CPL:
+                    # completion header (PCIe Base 2.2.9): status dw1[15:13], byte count dw1[11:0] = bytes left
+                    # including this completion, tag dw2[15:8], lower address dw2[6:0].  The last completion of
+                    # a request carries all the bytes left; an unsuccessful one ends the request too.
+                    has_data = (dw0 >> 30) & 1
+                    length = ((dw0 & 0x3FF) or 1024) if has_data else 0
+                    byte_count = (dw1 & 0xFFF) or 4096
+                    status = (dw1 >> 13) & 0x7
+                    if status != 0 or byte_count <= length * 4 - (dw2 & 0x3):
+                        self._count_read_done((dw2 >> 8) & 0xFF)
             if int(dut.tx_st_valid.value) and int(dut.tx_st_sop.value):
                 hdr = int(dut.tx_st_hdr.value)
                 dw0, dw1 = hdr >> 96, (hdr >> 64) & 0xFFFFFFFF
                 fmt, typ = dw0 >> 29, (dw0 >> 24) & 0x1F
-                if typ != 0:
-                    continue
-                length = (dw0 & 0x3FF) or 1024
-                first_be, last_be = dw1 & 0xF, (dw1 >> 4) & 0xF
-                addr = (
-                    ((hdr >> 32) & 0xFFFFFFFF) if not fmt & 1 else (((hdr >> 32) & 0xFFFFFFFF) << 32 | hdr & 0xFFFFFFFF)
-                )
-                addr = (addr & ~3) + (((first_be & -first_be).bit_length() - 1) if first_be else 0)
-                nbytes = _be_bytes(length, first_be, last_be)
-                c = self.counters
-                is_write = bool(fmt & 2)
-                if is_write and length == 1 and self._is_msix(addr):
-                    continue  # MSI-X messages are not DMA
-                if is_write:
-                    c.dma_write_requests += 1
-                    c.dma_write_bytes += nbytes
-                else:
-                    c.dma_read_requests += 1
-                    c.dma_read_bytes += nbytes
-                if len(c.requests) < c.log_limit:
-                    c.requests.append(("W" if is_write else "R", addr, nbytes))
+                if typ == TYPE_MEM:
+                    length = (dw0 & 0x3FF) or 1024
+                    first_be, last_be = dw1 & 0xF, (dw1 >> 4) & 0xF
+                    dw2, dw3 = (hdr >> 32) & 0xFFFFFFFF, hdr & 0xFFFFFFFF
+                    addr = (dw2 << 32 | dw3) if fmt & 1 else dw2
+                    addr = (addr & ~3) + (((first_be & -first_be).bit_length() - 1) if first_be else 0)
+                    nbytes = _be_bytes(length, first_be, last_be)
+                    if not fmt & 2:
+                        self._count_request("R", addr, nbytes, tag=(dw1 >> 8) & 0xFF)
+                    elif not (length == 1 and self._is_msix(addr)):  # MSI-X messages are not DMA
+                        self._count_request("W", addr, nbytes)
+            self._count_cycle()
 
     def _is_msix(self, addr: int) -> bool:
         region = getattr(self.rc, "msi_region", None)
@@ -332,29 +347,11 @@ class PtileEndpointBench:
             await RisingEdge(self.dut.coreclkout_hip)
         return self.ep
 
-    def add_function(self, function):
-        from cocotbext.pcie.core import Device
-
-        device = function if isinstance(function, Device) else Device(function)
-        self.rc.make_port().connect(device)
-        self.extra_functions.append(device.functions[0])
-        return device.functions[0]
-
-    async def find(self, function):
-        ep = self.rc.find_device(function.pcie_id)
-        await ep.enable_device()
-        await ep.set_master()
-        return ep
-
     def max_sizes(self) -> tuple[int, int]:
         """(Max_Payload_Size, Max_Read_Request_Size) in bytes as the host programmed them in Device Control: what
         the hard IP reports to the gateware on the configuration output bus (683059 4.9, register 0x00)."""
         cap = self.dev.functions[0].pcie_cap
         return 128 << cap.max_payload_size, 128 << cap.max_read_request_size
-
-    async def cycles(self, n: int) -> None:
-        for _ in range(n):
-            await RisingEdge(self.dut.coreclkout_hip)
 
 
 __all__ = ["PtileEndpointBench", "VirtioPtileDevice", "VirtioPtileFunction", "VirtioVendorCap"]

@@ -16,6 +16,8 @@
   ``eth_rx`` (TX-only and RX-only benchmarks);
 * :meth:`EndpointBench.add_function`: a second, pure-Python PCIe device (for example the software reference
   device) on its own root port of the same RootComplex, so both can be driven and compared in one run.
+
+All of that except the bus decoding is :class:`BenchCommon`, which the P-tile bench (:mod:`sim.ptile`) shares.
 """
 
 from __future__ import annotations
@@ -195,13 +197,129 @@ class ReadLatency:
                 await self.rc.send(cpl)
 
 
+class BenchCommon:
+    """What the benches of both families share, whatever their hard IP's user interface looks like.
+
+    A family's bench builds ``self.rc`` and ``self.dev`` (a cocotbext-pcie device connected to a root port),
+    sets ``self.clock`` (the user-side clock) and ``self.eth_reset``/``self.eth_reset_active_level`` (the reset
+    the Ethernet ports run under), calls :meth:`_init_common`, and has its ``_monitor`` decode its own bus
+    headers into :meth:`_count_request` / :meth:`_count_read_done` / :meth:`_count_cycle`, so that the
+    bookkeeping (:class:`BusCounters`, read tags and round trips, ``rq_write_watchers``), the link taps, the
+    host read latency and the external Ethernet ports are one code for both.
+    """
+
+    dut: object
+    rc: RootComplex
+    dev: object
+    clock: object
+    eth_reset: object
+    eth_reset_active_level: bool = True
+    log: logging.Logger
+
+    def _init_common(self, read_latency_ns: float) -> None:
+        self.counters = BusCounters()
+        #: Called as ``watch(addr, nbytes)`` for every memory-write TLP the DUT sends towards the host, in the
+        #: order it sends them (e.g. :class:`sim.ordering.UsedAfterData`); MSI-X messages are not among them.
+        self.rq_write_watchers: list = []
+        self._open_tags: dict[int, int] = {}  # tag -> cycle its read request was issued
+        self.link = LinkCounters()
+        _tap_link(self.dev.upstream_port, self.link.to_host)
+        _tap_link(self.dev.upstream_port.other, self.link.to_device)
+        #: host read latency; ``bench.read_latency.latency_ns`` may be changed while the simulation runs
+        self.read_latency = ReadLatency(self.rc, read_latency_ns)
+        self.eth_tx_sink = None  # cocotbext-axi AxiStreamSink / AxiStreamSource after external_ethernet()
+        self.eth_rx_source = None
+        self.ep = None  # PciDevice of the DUT after init()
+        self.extra_functions: list = []
+
+    # ---- bookkeeping, fed by the family's bus monitor -------------------------------------------
+    def _count_request(self, kind: str, addr: int, nbytes: int, tag: int | None = None) -> None:
+        """One DMA memory request (``kind`` "R" with its ``tag``, or "W") the DUT issued this cycle."""
+        c = self.counters
+        if kind == "R":
+            c.dma_read_requests += 1
+            c.dma_read_bytes += nbytes
+            if tag is not None:
+                self._open_tags[tag] = c.cycles
+        else:
+            c.dma_write_requests += 1
+            c.dma_write_bytes += nbytes
+            for watch in self.rq_write_watchers:
+                watch(addr, nbytes)
+        if len(c.requests) < c.log_limit:
+            c.requests.append((kind, addr, nbytes))
+        if len(c.timed_requests) < c.timed_log_limit:
+            c.timed_requests.append((c.cycles, kind, addr, nbytes))
+
+    def _count_read_done(self, tag: int) -> None:
+        """The last completion (or an error completion) of the read with ``tag`` reached the DUT this cycle."""
+        c = self.counters
+        issued = self._open_tags.pop(tag, None)
+        if issued is not None and len(c.read_round_trips) < c.timed_log_limit:
+            c.read_round_trips.append((issued, c.cycles))
+
+    def _count_cycle(self) -> None:
+        """End of a monitored cycle: DMA reads in flight."""
+        c = self.counters
+        c.reads_outstanding = len(self._open_tags)
+        c.reads_outstanding_sum += c.reads_outstanding
+        if c.reads_outstanding > c.reads_outstanding_max:
+            c.reads_outstanding_max = c.reads_outstanding
+
+    # ---- shared user-facing API ------------------------------------------------------------------
+    def external_ethernet(self, *, tx_pause=None):
+        """Loopback off: frames leave on ``eth_tx`` into a cocotbext-axi sink and enter ``eth_rx`` from a source.
+
+        Returns ``(sink, source)``; ``tx_pause`` is an optional pause generator for the sink (back-pressure).
+        """
+        from cocotbext.axi import AxiStreamSink, AxiStreamSource
+
+        dut = self.dut
+        dut.loopback_enable.value = 0
+        if self.eth_tx_sink is None:
+            kw = {"reset_active_level": self.eth_reset_active_level}
+            self.eth_tx_sink = AxiStreamSink(AxiStreamBus.from_prefix(dut, "eth_tx"), self.clock, self.eth_reset, **kw)
+            self.eth_rx_source = AxiStreamSource(
+                AxiStreamBus.from_prefix(dut, "eth_rx"), self.clock, self.eth_reset, **kw
+            )
+            quiet(self.eth_tx_sink.log, self.eth_rx_source.log, level=self.log.level)
+        if tx_pause is not None:
+            self.eth_tx_sink.set_pause_generator(tx_pause)
+        return self.eth_tx_sink, self.eth_rx_source
+
+    def add_function(self, function):
+        """Attach another PCIe function (e.g. :class:`sim.soft_peer.SoftVirtioPcieFunction`, any cocotbext-pcie
+        ``Function``) as a device of its own on a new root port of the same RootComplex.
+
+        Call before ``init``, which enumerates everything.  Returns the function; after ``init``,
+        :meth:`find` gives its ``PciDevice`` (what :class:`sim.transport.CocotbPcieTransport` takes as ``ep``).
+        """
+        from cocotbext.pcie.core import Device
+
+        device = function if isinstance(function, Device) else Device(function)
+        self.rc.make_port().connect(device)
+        self.extra_functions.append(device.functions[0])
+        return device.functions[0]
+
+    async def find(self, function):
+        """The enumerated ``PciDevice`` of a function added with :meth:`add_function`, enabled as bus master."""
+        ep = self.rc.find_device(function.pcie_id)
+        await ep.enable_device()
+        await ep.set_master()
+        return ep
+
+    async def cycles(self, n: int) -> None:
+        for _ in range(n):
+            await RisingEdge(self.clock)
+
+
 def _random_pauses(seed: int, probability: float):
     rng = random.Random(seed)
     while True:
         yield rng.random() < probability
 
 
-class EndpointBench:
+class EndpointBench(BenchCommon):
     """RootComplex + VirtioUspDevice around ``virtio_net_endpoint``."""
 
     def __init__(
@@ -221,11 +339,10 @@ class EndpointBench:
         self.log.setLevel(log_level)
         self.backpressure = backpressure
         self.seed = seed
-        self.counters = BusCounters()
-        #: Called as ``watch(addr, nbytes)`` for every memory-write TLP the DUT puts on RQ, in RQ order
-        #: (e.g. :class:`sim.ordering.UsedAfterData`).
-        self.rq_write_watchers: list = []
         self.data_width = len(dut.m_axis_cq_tdata)
+        self.clock = dut.user_clk
+        self.eth_reset = dut.user_reset
+        self.eth_reset_active_level = True
 
         self.rc = RootComplex()
         self.rc.max_payload_size = (max_payload_size // 128 - 1).bit_length()
@@ -292,15 +409,7 @@ class EndpointBench:
         fn.configure_bar(device_map.BAR, device_map.BAR_SIZE, ext=True)
 
         self.rc.make_port().connect(self.dev)
-        self.link = LinkCounters()
-        _tap_link(self.dev.upstream_port, self.link.to_host)
-        _tap_link(self.dev.upstream_port.other, self.link.to_device)
-        #: host read latency; ``bench.read_latency.latency_ns`` may be changed while the simulation runs
-        self.read_latency = ReadLatency(self.rc, read_latency_ns)
-        self.eth_tx_sink = None  # cocotbext-axi AxiStreamSink / AxiStreamSource after external_ethernet()
-        self.eth_rx_source = None
-        self.ep = None  # PciDevice of the DUT after init()
-        self.extra_functions: list = []
+        self._init_common(read_latency_ns)
 
         dut.loopback_enable.value = 1
         dut.eth_tx_tready.value = 1
@@ -330,23 +439,6 @@ class EndpointBench:
         for sink in (self.dev.cc_sink, self.dev.rq_sink):
             sink.set_pause_generator(_random_pauses(next(seeds), 0.3))
 
-    def external_ethernet(self, *, tx_pause=None):
-        """Loopback off: frames leave on ``eth_tx`` into a cocotbext-axi sink and enter ``eth_rx`` from a source.
-
-        Returns ``(sink, source)``; ``tx_pause`` is an optional pause generator for the sink (back-pressure).
-        """
-        from cocotbext.axi import AxiStreamSink, AxiStreamSource
-
-        dut = self.dut
-        dut.loopback_enable.value = 0
-        if self.eth_tx_sink is None:
-            self.eth_tx_sink = AxiStreamSink(AxiStreamBus.from_prefix(dut, "eth_tx"), dut.user_clk, dut.user_reset)
-            self.eth_rx_source = AxiStreamSource(AxiStreamBus.from_prefix(dut, "eth_rx"), dut.user_clk, dut.user_reset)
-            quiet(self.eth_tx_sink.log, self.eth_rx_source.log, level=self.log.level)
-        if tx_pause is not None:
-            self.eth_tx_sink.set_pause_generator(tx_pause)
-        return self.eth_tx_sink, self.eth_rx_source
-
     async def _monitor(self) -> None:
         """Count cycles and RQ traffic on the clock, from the bus signals themselves; follow read tags."""
         dut = self.dut
@@ -355,7 +447,6 @@ class EndpointBench:
         rc_sop = True
         lbo = 8 if self.data_width == 512 else 4  # last_be position in the RQ sideband (PG213)
         c = self.counters
-        open_tags: dict[int, int] = {}  # tag -> cycle its request was issued
         while True:
             await clk
             c.cycles += 1
@@ -365,9 +456,7 @@ class EndpointBench:
                     # tag in bits 71:64.  The last completion of a request (or an error completion) ends it.
                     data = int(dut.m_axis_rc_tdata.value)
                     if (data >> 30) & 1:
-                        issued = open_tags.pop((data >> 64) & 0xFF, None)
-                        if issued is not None and len(c.read_round_trips) < c.timed_log_limit:
-                            c.read_round_trips.append((issued, c.cycles))
+                        self._count_read_done((data >> 64) & 0xFF)
                 rc_sop = bool(int(dut.m_axis_rc_tlast.value))
             if int(dut.s_axis_rq_tvalid.value) and int(dut.s_axis_rq_tready.value):
                 if sop:
@@ -379,23 +468,11 @@ class EndpointBench:
                     nbytes = _be_bytes(dword_count, first_be, last_be)
                     addr = (data & ((1 << 64) - 4)) + ((first_be & -first_be).bit_length() - 1 if first_be else 0)
                     if req_type == 0:
-                        c.dma_read_requests += 1
-                        c.dma_read_bytes += nbytes
-                        open_tags[(data >> 96) & 0xFF] = c.cycles
+                        self._count_request("R", addr, nbytes, tag=(data >> 96) & 0xFF)
                     elif req_type == 1:
-                        c.dma_write_requests += 1
-                        c.dma_write_bytes += nbytes
-                        for watch in self.rq_write_watchers:
-                            watch(addr, nbytes)
-                    if req_type in (0, 1) and len(c.requests) < c.log_limit:
-                        c.requests.append(("R" if req_type == 0 else "W", addr, nbytes))
-                    if req_type in (0, 1) and len(c.timed_requests) < c.timed_log_limit:
-                        c.timed_requests.append((c.cycles, "R" if req_type == 0 else "W", addr, nbytes))
+                        self._count_request("W", addr, nbytes)
                 sop = bool(int(dut.s_axis_rq_tlast.value))
-            c.reads_outstanding = len(open_tags)
-            c.reads_outstanding_sum += c.reads_outstanding
-            if c.reads_outstanding > c.reads_outstanding_max:
-                c.reads_outstanding_max = c.reads_outstanding
+            self._count_cycle()
 
     # ---------------------------------------------------------------------------------------------
     async def reset(self) -> None:
@@ -418,31 +495,6 @@ class EndpointBench:
             await self.ep.set_master()
         return self.ep
 
-    def add_function(self, function):
-        """Attach another PCIe function (e.g. :class:`sim.soft_peer.SoftVirtioPcieFunction`, any cocotbext-pcie
-        ``Function``) as a device of its own on a new root port of the same RootComplex.
-
-        Call before :meth:`init`, which enumerates everything.  Returns the function; after :meth:`init`,
-        :meth:`find` gives its ``PciDevice`` (what :class:`sim.transport.CocotbPcieTransport` takes as ``ep``).
-        """
-        from cocotbext.pcie.core import Device
-
-        device = function if isinstance(function, Device) else Device(function)
-        self.rc.make_port().connect(device)
-        self.extra_functions.append(device.functions[0])
-        return device.functions[0]
-
-    async def find(self, function):
-        """The enumerated ``PciDevice`` of a function added with :meth:`add_function`, enabled as bus master."""
-        ep = self.rc.find_device(function.pcie_id)
-        await ep.enable_device()
-        await ep.set_master()
-        return ep
-
-    async def cycles(self, n: int) -> None:
-        for _ in range(n):
-            await RisingEdge(self.dut.user_clk)
-
 
 def _be_bytes(dword_count: int, first_be: int, last_be: int) -> int:
     """Bytes a request covers, from its dword count and byte enables (PCIe Base 2.2.5)."""
@@ -453,4 +505,4 @@ def _be_bytes(dword_count: int, first_be: int, last_be: int) -> int:
     return dword_count * 4 - lead - tail
 
 
-__all__ = ["BusCounters", "Clock", "EndpointBench", "LinkCounters", "LinkDirection", "ReadLatency"]
+__all__ = ["BenchCommon", "BusCounters", "Clock", "EndpointBench", "LinkCounters", "LinkDirection", "ReadLatency"]

@@ -143,6 +143,9 @@ async def steady_state(
         "ok": False,
         "data_width": bench.data_width,
         "eth_width": len(bench.dut.eth_tx_tdata),
+        # the link the model trained to, for the link-use fractions (sim.benchmath.link_limits)
+        "link_generation": bench.dev.pcie_generation,
+        "link_lanes": bench.dev.pcie_link_width,
     }
     sink = source = None
     if mode != "loopback":

@@ -218,3 +218,15 @@ def test_from_json_renders_markdown_without_running(tmp_path: Path, capsys) -> N
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"cases": []}))
     assert main(["bench", "--from-json", str(bad)]) == 2
+
+
+def test_link_limits_follow_the_link_the_model_trains_to() -> None:
+    """The P-tile bench is Gen4 x8: twice the Gen3 x8 rate; the result's link_generation/link_lanes select it."""
+    gen3, gen4 = bm.link_limits(256), bm.link_limits(256, generation=4, lanes=8)
+    assert gen4["raw"] == pytest.approx(2 * gen3["raw"]) and gen4["write"] == pytest.approx(2 * gen3["write"])
+    raw = _raw(10_000, 100, to_dev_payload=100_000, to_host_payload=100_000)
+    g3 = bm.case_figures(bm.Case("loopback", 64, 0), raw)
+    g4 = bm.case_figures(bm.Case("loopback", 64, 0), {**raw, "link_generation": 4, "link_lanes": 8})
+    assert g4["link_fraction_to_device"] == pytest.approx(g3["link_fraction_to_device"] / 2, abs=1e-4)
+    with pytest.raises(ValueError):
+        bm.link_limits(256, generation=2)

@@ -185,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
         "clock_mhz": CLOCK_MHZ,
         "data_width": first_raw.get("data_width", 256),
         "eth_width": first_raw.get("eth_width"),
+        "link": f"Gen{first_raw.get('link_generation', 3)} x{first_raw.get('link_lanes', 8)}",
         "command": " ".join(["virtio-fpga", *sys.argv[1:]]) if sys.argv[0].endswith("virtio-fpga") else "make bench",
         "method": METHOD,
         "bringup_cycles": bringups[0] if len(bringups) == 1 else bringups,
