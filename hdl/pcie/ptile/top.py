@@ -155,7 +155,9 @@ class PtileVirtioNetEndpoint(wiring.Component):
         m.submodules.msix = msix = MsixBlock(
             device_map.NUM_MSIX_VECTORS, device_map.MSIX_TABLE_OFFSET, device_map.MSIX_PBA_OFFSET
         )
-        m.submodules.dma = dma = DmaEngine(w, timeout_cycles=self.dma_timeout_cycles)
+        # The P-tile has no pcie_rq_seq_num: write visibility comes from the TX path itself (MSI-X is a memory
+        # write behind the DMA writes), so the engine must not wait for sequence numbers that never come.
+        m.submodules.dma = dma = DmaEngine(w, timeout_cycles=self.dma_timeout_cycles, seq_num_tracking=False)
         m.submodules.cc_tx = cc_tx = TxFromDescriptor(w, "cc")
         m.submodules.rq_tx = rq_tx = TxFromDescriptor(w, "rq")
         m.submodules.tx = tx = TxArbiter(w)
