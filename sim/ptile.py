@@ -249,25 +249,7 @@ class PtileEndpointBench(BenchCommon):
         for stream in (self.dev.rx_source, self.dev.tx_sink):
             quiet(stream.log, level=log_level)
 
-        fn = self.dev.functions[0]
-        fn.vendor_id = device_map.VENDOR_ID
-        fn.device_id = device_map.DEVICE_ID
-        fn.subsystem_vendor_id = device_map.SUBSYSTEM_VENDOR_ID
-        fn.subsystem_id = device_map.SUBSYSTEM_ID
-        fn.revision_id = device_map.REVISION_ID
-        fn.class_code = device_map.CLASS_CODE
-        fn.configure_bar(device_map.BAR, device_map.BAR_SIZE, ext=True)
-
-        self.rc.make_port().connect(self.dev)
-        self._init_common(read_latency_ns)
-
-        dut.loopback_enable.value = 1
-        dut.eth_tx_tready.value = 1
-        dut.eth_rx_tvalid.value = 0
-        dut.eth_rx_tdata.value = 0
-        dut.eth_rx_tkeep.value = 0
-        dut.eth_rx_tlast.value = 0
-        dut.eth_rx_tuser.value = 0
+        self._attach(dut, read_latency_ns)
 
         if backpressure:
             # the RX source may pause between beats; the TX sink may drop ready (the gateware honours the

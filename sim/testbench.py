@@ -216,6 +216,24 @@ class BenchCommon:
     eth_reset_active_level: bool = True
     log: logging.Logger
 
+    def _attach(self, dut, read_latency_ns: float) -> None:
+        """Give the model's function this device's identity and BAR (device_map), put it on a root port, start
+        the shared bookkeeping, and idle the Ethernet ports (loopback on) until a test asks for them."""
+        fn = self.dev.functions[0]
+        fn.vendor_id = device_map.VENDOR_ID
+        fn.device_id = device_map.DEVICE_ID
+        fn.subsystem_vendor_id = device_map.SUBSYSTEM_VENDOR_ID
+        fn.subsystem_id = device_map.SUBSYSTEM_ID
+        fn.revision_id = device_map.REVISION_ID
+        fn.class_code = device_map.CLASS_CODE
+        fn.configure_bar(device_map.BAR, device_map.BAR_SIZE, ext=True)
+        self.rc.make_port().connect(self.dev)
+        self._init_common(read_latency_ns)
+        dut.loopback_enable.value = 1
+        dut.eth_tx_tready.value = 1
+        for name in ("tvalid", "tdata", "tkeep", "tlast", "tuser"):
+            getattr(dut, f"eth_rx_{name}").value = 0
+
     def _init_common(self, read_latency_ns: float) -> None:
         self.counters = BusCounters()
         #: Called as ``watch(addr, nbytes)`` for every memory-write TLP the DUT sends towards the host, in the
@@ -399,25 +417,7 @@ class EndpointBench(BenchCommon):
         for stream in (self.dev.rq_sink, self.dev.rc_source, self.dev.cq_source, self.dev.cc_sink):
             quiet(stream.log, level=log_level)
 
-        fn = self.dev.functions[0]
-        fn.vendor_id = device_map.VENDOR_ID
-        fn.device_id = device_map.DEVICE_ID
-        fn.subsystem_vendor_id = device_map.SUBSYSTEM_VENDOR_ID
-        fn.subsystem_id = device_map.SUBSYSTEM_ID
-        fn.revision_id = device_map.REVISION_ID
-        fn.class_code = device_map.CLASS_CODE
-        fn.configure_bar(device_map.BAR, device_map.BAR_SIZE, ext=True)
-
-        self.rc.make_port().connect(self.dev)
-        self._init_common(read_latency_ns)
-
-        dut.loopback_enable.value = 1
-        dut.eth_tx_tready.value = 1
-        dut.eth_rx_tvalid.value = 0
-        dut.eth_rx_tdata.value = 0
-        dut.eth_rx_tkeep.value = 0
-        dut.eth_rx_tlast.value = 0
-        dut.eth_rx_tuser.value = 0
+        self._attach(dut, read_latency_ns)
 
         if backpressure:
             self._apply_backpressure()

@@ -36,6 +36,40 @@ def _round_robin(m: Module, requests: list, last: Signal, name: str) -> tuple[Si
     return any_req, index
 
 
+def _arbitrate_requests(m: Module, clients: list, dma, route, may_issue, name: str) -> tuple:
+    """Round robin over the clients' ``req`` streams onto ``dma.req_*``; (fire, grant) of this cycle.
+
+    A grant is held until its request is accepted (stable payload, stream rules), but only while its client
+    still asks: a client may withdraw a request.  An accepted request's client goes into ``route``.
+    ``may_issue`` gates every request (e.g. no request while a write still owes beats).
+    """
+    n = len(clients)
+    last = Signal(range(n), name=f"{name}_last")
+    held = Signal(name=f"{name}_held")
+    held_idx = Signal(range(n), name=f"{name}_held_idx")
+    any_req, pick = _round_robin(m, [c.req.valid for c in clients], last, name)
+    hold_ok = held & Array(c.req.valid for c in clients)[held_idx]
+    grant = Signal(range(n), name=f"{name}_grant")
+    m.d.comb += grant.eq(Mux(hold_ok, held_idx, pick))
+    req = Array(c.req for c in clients)[grant]
+    valid = (hold_ok | any_req) & route.w_rdy & may_issue
+    m.d.comb += [
+        dma.req_valid.eq(valid),
+        dma.req_addr.eq(req.payload.addr),
+        dma.req_len.eq(req.payload.len),
+        route.w_data.eq(grant),
+    ]
+    for i, c in enumerate(clients):
+        m.d.comb += c.req.ready.eq(valid & dma.req_ready & (grant == i))
+    fire = valid & dma.req_ready
+    with m.If(fire):
+        m.d.comb += route.w_en.eq(1)
+        m.d.sync += [held.eq(0), last.eq(grant)]
+    with m.Elif(valid):
+        m.d.sync += [held.eq(1), held_idx.eq(grant)]
+    return fire, grant
+
+
 class ReadMux(wiring.Component):
     """``n`` :class:`ReadClient` ports (``c0`` .. ``c{n-1}``) onto one ``DmaReadPort`` (``dma``)."""
 
@@ -55,31 +89,7 @@ class ReadMux(wiring.Component):
         cl = self.clients()
         n = self.n
         m.submodules.route = route = fifo.SyncFIFO(width=max(1, (n - 1).bit_length()), depth=self.depth)
-        # ---- requests: hold a grant until its request is accepted (stable payload, stream rules)
-        last = Signal(range(n))
-        held = Signal()
-        held_idx = Signal(range(n))
-        any_req, pick = _round_robin(m, [c.req.valid for c in cl], last, "rd")
-        # A held grant is kept only while its client still asks (a client may withdraw a request).
-        hold_ok = held & Array(c.req.valid for c in cl)[held_idx]
-        grant = Signal(range(n))
-        m.d.comb += grant.eq(Mux(hold_ok, held_idx, pick))
-        req = Array(c.req for c in cl)[grant]
-        valid = (hold_ok | any_req) & route.w_rdy
-        m.d.comb += [
-            self.dma.req_valid.eq(valid),
-            self.dma.req_addr.eq(req.payload.addr),
-            self.dma.req_len.eq(req.payload.len),
-            route.w_data.eq(grant),
-        ]
-        for i, c in enumerate(cl):
-            m.d.comb += c.req.ready.eq(valid & self.dma.req_ready & (grant == i))
-        fire = valid & self.dma.req_ready
-        with m.If(fire):
-            m.d.comb += route.w_en.eq(1)
-            m.d.sync += [held.eq(0), last.eq(grant)]
-        with m.Elif(valid):
-            m.d.sync += [held.eq(1), held_idx.eq(grant)]
+        _arbitrate_requests(m, cl, self.dma, route, 1, "rd")
         # ---- returned data to the client at the head of the route FIFO
         head = route.r_data
         for i, c in enumerate(cl):
@@ -120,13 +130,8 @@ class WriteMux(wiring.Component):
         cl = self.clients()
         n = self.n
         m.submodules.route = route = fifo.SyncFIFO(width=max(1, (n - 1).bit_length()), depth=self.depth)
-        last = Signal(range(n))
         in_data = Signal()  # a granted request's beats are flowing
         data_idx = Signal(range(n))
-        held = Signal()
-        held_idx = Signal(range(n))
-        any_req, pick = _round_robin(m, [c.req.valid for c in cl], last, "wr")
-
         dclient = Array(c.data for c in cl)[data_idx]
         beat = in_data & dclient.valid & self.dma.data_ready
         ending = beat & dclient.payload.last
@@ -138,29 +143,12 @@ class WriteMux(wiring.Component):
         ]
         for i, c in enumerate(cl):
             m.d.comb += c.data.ready.eq(in_data & self.dma.data_ready & (data_idx == i))
-
-        hold_ok = held & Array(c.req.valid for c in cl)[held_idx]
-        grant = Signal(range(n))
-        m.d.comb += grant.eq(Mux(hold_ok, held_idx, pick))
-        req = Array(c.req for c in cl)[grant]
         # A new request only when no beats are owed (or the last one goes this cycle).
-        valid = (hold_ok | any_req) & route.w_rdy & (~in_data | ending)
-        m.d.comb += [
-            self.dma.req_valid.eq(valid),
-            self.dma.req_addr.eq(req.payload.addr),
-            self.dma.req_len.eq(req.payload.len),
-            route.w_data.eq(grant),
-        ]
-        for i, c in enumerate(cl):
-            m.d.comb += c.req.ready.eq(valid & self.dma.req_ready & (grant == i))
-        fire = valid & self.dma.req_ready
+        fire, grant = _arbitrate_requests(m, cl, self.dma, route, ~in_data | ending, "wr")
         with m.If(ending):
             m.d.sync += in_data.eq(0)
         with m.If(fire):
-            m.d.comb += route.w_en.eq(1)
-            m.d.sync += [held.eq(0), last.eq(grant), in_data.eq(1), data_idx.eq(grant)]
-        with m.Elif(valid):
-            m.d.sync += [held.eq(1), held_idx.eq(grant)]
+            m.d.sync += [in_data.eq(1), data_idx.eq(grant)]
         # ---- done pulses, in request order
         for i, c in enumerate(cl):
             m.d.comb += c.done.eq(self.dma.done & route.r_rdy & (route.r_data == i))
