@@ -1,4 +1,5 @@
-"""The frame buffers alone: byte realignment at any offset, TX header stripping, RX header insertion."""
+"""The RX frame buffer alone: byte realignment at any offset and RX header insertion (the TX frame ring and its
+header stripping are tested with the TX stages, tests/test_hdl_virtio_stages_tx.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import random
 import pytest
 from amaranth.sim import Simulator
 
-from hdl.virtio.framebuf import HDR_BYTES, RxFrameBuffer, TxFrameBuffer
+from hdl.virtio.framebuf import HDR_BYTES, RxFrameBuffer
 from virtio_fpga import device_map, spec
 
 
@@ -19,61 +20,6 @@ def split(data: bytes, rng: random.Random, max_piece: int) -> list[bytes]:
         pieces.append(data[i : i + n])
         i += n
     return pieces
-
-
-@pytest.mark.parametrize("row_width", [128, 256])
-def test_tx_buffer_reassembles_scattered_chain(row_width: int) -> None:
-    """Chunks as DMA delivers them per descriptor (packed, any length) come out as one frame on eth_tx."""
-    rng = random.Random(row_width)
-    dut = TxFrameBuffer(row_width)
-    row_bytes = row_width // 8
-    frames = [bytes(rng.randrange(256) for _ in range(n)) for n in (1, 7, 60, 65, 200)]
-
-    async def tb(ctx):
-        for frame in frames:
-            stream = bytes(range(HDR_BYTES)) + frame
-            ctx.set(dut.appender.restart, 1)
-            ctx.set(dut.appender.init_pos, 0)
-            ctx.set(dut.appender.init_acc, 0)
-            await ctx.tick()
-            ctx.set(dut.appender.restart, 0)
-            # Each "descriptor" is a run of packed beats; descriptors have random lengths.
-            for desc in split(stream, rng, 3 * row_bytes):
-                for i in range(0, len(desc), row_bytes):
-                    beat = desc[i : i + row_bytes]
-                    ctx.set(dut.appender.valid, 1)
-                    ctx.set(dut.appender.data, int.from_bytes(beat + bytes([0xEE]) * (row_bytes - len(beat)), "little"))
-                    ctx.set(dut.appender.nbytes, len(beat))
-                    await ctx.tick()
-                ctx.set(dut.appender.valid, 0)
-            ctx.set(dut.appender.flush, 1)
-            await ctx.tick()
-            ctx.set(dut.appender.flush, 0)
-            ctx.set(dut.commit, 1)
-            ctx.set(dut.frame_len, len(frame))
-            await ctx.tick()
-            ctx.set(dut.commit, 0)
-            got = b""
-            while True:
-                ready = rng.random() < 0.7
-                ctx.set(dut.tx_ready, ready)
-                _, _, valid, data, keep, last = await ctx.tick().sample(
-                    dut.tx_valid, dut.tx_data, dut.tx_keep, dut.tx_last
-                )
-                if valid and ready:
-                    n = bin(keep).count("1")
-                    assert keep == (1 << n) - 1
-                    got += data.to_bytes(8, "little")[:n]
-                    if last:
-                        break
-            assert got == frame
-            await ctx.tick()
-            assert ctx.get(dut.idle)
-
-    sim = Simulator(dut)
-    sim.add_clock(4e-9)
-    sim.add_testbench(tb)
-    sim.run()
 
 
 @pytest.mark.parametrize("row_width", [128, 256])

@@ -8,9 +8,9 @@ is a memory of ``row_width``-bit rows holding the byte stream "virtio_net_hdr + 
 stream back from any byte position.  Those two shifters are the only realignment the core needs; DMA data on
 the ports is always packed (``hdl/signatures.py``).
 
-A complete frame in a buffer is also what lets TX and RX run independently: the engine finishes a TX chain
-(and writes its used descriptor) while the frame drains to ``eth_tx``, and a received frame waits in the RX
-buffer for the engine, so looping ``eth_tx`` to ``eth_rx`` can never deadlock the single engine.
+The transmit side keeps its frames in a ring instead (``hdl/virtio/txpath.py``, many chains in flight); the
+receive side stores a frame here until the RX data mover has a chain for it, so looping ``eth_tx`` to ``eth_rx``
+never makes one queue wait for the other.
 """
 
 from __future__ import annotations
@@ -158,86 +158,6 @@ class ByteExtractor(Elaboratable):
                     m.d.sync += [cur.eq(self.rp.data), next_row.eq(next_row + 1), left.eq(left - row_bytes)]
                     with m.If(self.last):
                         m.next = "IDLE"
-        return m
-
-
-class TxFrameBuffer(Elaboratable):
-    """TX: the engine appends a chain's bytes (header + frame) at DMA width into a free bank; ``commit`` hands
-    the bank to the sender, which streams the frame part (without the 12-byte virtio_net_hdr, spec 5.1.6.2)
-    to ``eth_tx`` 64 bits at a time.  Two banks: the next chain's DMA overlaps the previous frame's wire time.
-
-    ``can_accept`` says a bank is free for the engine.  A device reset does not cut a frame short: it was
-    complete when the engine handed it over (its used descriptor may already be written), and cutting it
-    would break the stream's rule that a raised ``valid`` keeps its payload until accepted.
-    """
-
-    def __init__(self, row_width: int) -> None:
-        self.row_width = row_width
-        self.rows = buffer_rows(row_width // 8)
-        self.mem = memory.Memory(shape=unsigned(row_width), depth=BANKS * self.rows, init=[])
-        self.appender = ByteAppender(self.mem.write_port(), row_width, row_width)
-        self.extractor = ByteExtractor(self.mem.read_port(), row_width)
-        self.commit = Signal()
-        self.frame_len = Signal(range(BUFFER_BYTES + 1))
-        self.can_accept = Signal()
-        self.idle = Signal()  # nothing queued or on the wire
-        # eth_tx, driven by the core (names as EthernetStream).
-        self.tx_valid = Signal()
-        self.tx_ready = Signal()
-        self.tx_data = Signal(64)
-        self.tx_keep = Signal(8)
-        self.tx_last = Signal()
-
-    def elaborate(self, platform) -> Module:
-        m = Module()
-        m.submodules.mem = self.mem
-        m.submodules.appender = self.appender
-        m.submodules.extractor = self.extractor
-        ext = self.extractor
-        lanes = self.row_width // 64
-        full = Signal(BANKS)
-        lengths = [Signal(len(self.frame_len), name=f"len{i}") for i in range(BANKS)]
-        wbank = Signal(range(BANKS))
-        rbank = Signal(range(BANKS))
-        word = Signal(self.row_width)
-        have = Signal()
-        lane = Signal(range(lanes))
-        left = Signal(len(self.frame_len))
-        sending = Signal()
-
-        m.d.comb += [
-            self.can_accept.eq(~full.bit_select(wbank, 1)),
-            self.idle.eq(~full.any()),
-            self.appender.base_row.eq(wbank * self.rows),
-            ext.base_row.eq(rbank * self.rows),
-            ext.pos.eq(HDR_BYTES),
-            ext.length.eq(Array(lengths)[rbank]),
-            self.tx_valid.eq(have),
-            self.tx_data.eq(word.word_select(lane, 64)),
-            self.tx_keep.eq(low_bytes_mask(left, 8)),
-            self.tx_last.eq(left <= 8),
-        ]
-        set_full = Signal(BANKS)
-        clear_full = Signal(BANKS)
-        with m.If(self.commit):
-            m.d.comb += set_full.eq(1 << wbank)
-            m.d.sync += [Array(lengths)[wbank].eq(self.frame_len), wbank.eq(wbank + 1)]
-        with m.If(~sending & full.bit_select(rbank, 1)):
-            m.d.comb += ext.start.eq(1)
-            m.d.sync += [sending.eq(1), left.eq(Array(lengths)[rbank])]
-        beat = self.tx_valid & self.tx_ready
-        word_done = beat & ((lane == lanes - 1) | self.tx_last)
-        m.d.comb += ext.ready.eq(~have | word_done)
-        with m.If(beat):
-            m.d.sync += [lane.eq(lane + 1), left.eq(left - 8)]
-            with m.If(self.tx_last):
-                m.d.comb += clear_full.eq(1 << rbank)
-                m.d.sync += [sending.eq(0), rbank.eq(rbank + 1)]
-        with m.If(ext.valid & ext.ready):
-            m.d.sync += [word.eq(ext.data), have.eq(1), lane.eq(0)]
-        with m.Elif(word_done):
-            m.d.sync += have.eq(0)
-        m.d.sync += full.eq((full & ~clear_full) | set_full)
         return m
 
 
