@@ -70,25 +70,37 @@ def _arbitrate_requests(m: Module, clients: list, dma, route, may_issue, name: s
     return fire, grant
 
 
-class ReadMux(wiring.Component):
-    """``n`` :class:`ReadClient` ports (``c0`` .. ``c{n-1}``) onto one ``DmaReadPort`` (``dma``)."""
+class _DmaMux(wiring.Component):
+    """``n`` client ports ``c0`` .. ``c{n-1}`` of ``client_sig`` onto one ``dma`` port of ``port_sig``, with an
+    in-order route FIFO of ``depth`` naming the client of every request in flight."""
 
-    def __init__(self, n: int, data_width: int, depth: int = 64) -> None:
+    def __init__(self, n: int, client_sig, port_sig, depth: int) -> None:
         self.n = n
         self.depth = depth
-        members = {f"c{i}": In(ReadClient(data_width)) for i in range(n)}
-        members["dma"] = Out(DmaReadPort(data_width))
+        members = {f"c{i}": In(client_sig) for i in range(n)}
+        members["dma"] = Out(port_sig)
         members["outstanding"] = Out(range(depth + 1))
         super().__init__(members)
 
     def clients(self) -> list:
         return [getattr(self, f"c{i}") for i in range(self.n)]
 
+    def _route(self, m: Module):
+        m.submodules.route = route = fifo.SyncFIFO(width=max(1, (self.n - 1).bit_length()), depth=self.depth)
+        m.d.comb += self.outstanding.eq(route.r_level)
+        return route
+
+
+class ReadMux(_DmaMux):
+    """``n`` :class:`ReadClient` ports (``c0`` .. ``c{n-1}``) onto one ``DmaReadPort`` (``dma``)."""
+
+    def __init__(self, n: int, data_width: int, depth: int = 64) -> None:
+        super().__init__(n, ReadClient(data_width), DmaReadPort(data_width), depth)
+
     def elaborate(self, platform) -> Module:
         m = Module()
         cl = self.clients()
-        n = self.n
-        m.submodules.route = route = fifo.SyncFIFO(width=max(1, (n - 1).bit_length()), depth=self.depth)
+        route = self._route(m)
         _arbitrate_requests(m, cl, self.dma, route, 1, "rd")
         # ---- returned data to the client at the head of the route FIFO
         head = route.r_data
@@ -103,11 +115,10 @@ class ReadMux(wiring.Component):
         m.d.comb += self.dma.data_ready.eq(route.r_rdy & Array(c.resp.ready for c in cl)[head])
         with m.If(self.dma.data_valid & self.dma.data_ready & self.dma.data_last):
             m.d.comb += route.r_en.eq(1)
-        m.d.comb += self.outstanding.eq(route.r_level)
         return m
 
 
-class WriteMux(wiring.Component):
+class WriteMux(_DmaMux):
     """``n`` :class:`WriteClient` ports (``c0`` .. ``c{n-1}``) onto one ``DmaWritePort`` (``dma``).
 
     A granted client's request goes first, then its beats up to ``last``; the next request may be granted in
@@ -115,21 +126,13 @@ class WriteMux(wiring.Component):
     """
 
     def __init__(self, n: int, data_width: int, depth: int = 32) -> None:
-        self.n = n
-        self.depth = depth
-        members = {f"c{i}": In(WriteClient(data_width)) for i in range(n)}
-        members["dma"] = Out(DmaWritePort(data_width))
-        members["outstanding"] = Out(range(depth + 1))
-        super().__init__(members)
-
-    def clients(self) -> list:
-        return [getattr(self, f"c{i}") for i in range(self.n)]
+        super().__init__(n, WriteClient(data_width), DmaWritePort(data_width), depth)
 
     def elaborate(self, platform) -> Module:
         m = Module()
         cl = self.clients()
         n = self.n
-        m.submodules.route = route = fifo.SyncFIFO(width=max(1, (n - 1).bit_length()), depth=self.depth)
+        route = self._route(m)
         in_data = Signal()  # a granted request's beats are flowing
         data_idx = Signal(range(n))
         dclient = Array(c.data for c in cl)[data_idx]
@@ -154,5 +157,4 @@ class WriteMux(wiring.Component):
             m.d.comb += c.done.eq(self.dma.done & route.r_rdy & (route.r_data == i))
         with m.If(self.dma.done):
             m.d.comb += route.r_en.eq(1)
-        m.d.comb += self.outstanding.eq(route.r_level)
         return m
