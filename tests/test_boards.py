@@ -470,6 +470,20 @@ def test_synth_bad_flow_is_one_line(capsys) -> None:
     assert len(err.splitlines()) == 1 and "vivado" in err
 
 
+def test_synth_unit_alone(tmp_path: Path) -> None:
+    """`--unit` synthesizes one block with its ports as path boundaries: the parser alone is shallow, and the
+    figure names that block."""
+    r, _ = _synth(tmp_path, "--flows", "depth", "--unit", "core.q0_parse", "--data-width", "128")
+    assert r["unit"] == "core.q0_parse" and r["luts"] is None
+    assert 1 <= r["logic_levels"] <= r["depth"]["budget"], r["depth"]["path"]
+
+
+def test_synth_unknown_unit_is_one_line(capsys) -> None:
+    assert cli_main(["synth", "--flows", "depth", "--unit", "core.nothing"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "core.nothing" in err and "core.tx_mover" in err
+
+
 @pytest.mark.slow
 def test_synth_endpoint_full(tmp_path: Path) -> None:
     r, seconds = _synth(tmp_path)

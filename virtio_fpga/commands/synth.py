@@ -38,6 +38,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("-o", "--output", type=Path, default=Path("build/synth"), help="work directory (logs, netlists)")
     p.add_argument("--depth", type=int, default=2, help="hierarchy depth of the blocks reported separately")
+    p.add_argument(
+        "--unit",
+        metavar="PATH",
+        help="synthesize one block of the endpoint alone (its module path, e.g. core.tx_mover): its ports become "
+        "the path boundaries, so a block's own depth shows without the paths that cross into its neighbours",
+    )
     p.add_argument("--ecp5-device", default="LFE5UM5G-85F", help="ECP5 part for place-and-route")
     p.add_argument("--ecp5-package", default="CABGA381")
     p.add_argument("--freq", type=float, default=125.0, help="ECP5 target frequency in MHz (guides nextpnr)")
@@ -100,6 +106,20 @@ def _endpoint(data_width: int, family: str = "usp") -> tuple[str, list[tuple[str
         raise CliError(f"the endpoint does not elaborate: {type(exc).__name__}: {first}") from exc
 
 
+def unit_module(verilog: str, unit: str | None) -> str:
+    """The Verilog module name of ``--unit`` (``core.tx_mover`` -> ``virtio_net_endpoint.core.tx_mover``)."""
+    if not unit:
+        return "virtio_net_endpoint"
+    from boards import opentools
+
+    names = opentools._module_names(verilog)
+    name = unit if unit.startswith("virtio_net_endpoint") else f"virtio_net_endpoint.{unit}"
+    if name not in names:
+        near = sorted(n.removeprefix("virtio_net_endpoint.") for n in names if n.count(".") <= 2 and "." in n)
+        raise CliError(f"no block {unit!r} in the endpoint; blocks: {', '.join(near)}")
+    return name
+
+
 def collect(args: argparse.Namespace) -> dict:
     """Run the tools and gather every figure in one JSON-able dict (also used by the tests)."""
     from boards import opentools
@@ -112,9 +132,14 @@ def collect(args: argparse.Namespace) -> dict:
     verilog, ports = _endpoint(args.data_width, family)
     clock = "coreclkout_hip" if family == "ptile" else "user_clk"
     out = args.output.resolve()
+    top_name = unit_module(verilog, getattr(args, "unit", None))
+    if top_name != "virtio_net_endpoint" and "ecp5" in flows:
+        raise CliError("--unit works with the Yosys flows only; add --flows xcup,depth")
+    if top_name != "virtio_net_endpoint":
+        out = out / top_name.removeprefix("virtio_net_endpoint.")
     jobs = {
-        "xcup": lambda: opentools.synth_xcup(verilog, "virtio_net_endpoint", out / "xcup", depth=args.depth),
-        "depth": lambda: opentools.depth_xcup(verilog, "virtio_net_endpoint", out / "depth", depth=args.depth),
+        "xcup": lambda: opentools.synth_xcup(verilog, top_name, out / "xcup", depth=args.depth),
+        "depth": lambda: opentools.depth_xcup(verilog, top_name, out / "depth", depth=args.depth),
         "ecp5": lambda: opentools.pnr_ecp5(
             verilog, "virtio_net_endpoint", ports, out / "ecp5", clock=clock, device=args.ecp5_device,
             package=args.ecp5_package, target_mhz=args.freq, seed=args.seed, timing_driven=args.ecp5_timing_driven,
@@ -135,6 +160,7 @@ def collect(args: argparse.Namespace) -> dict:
     x, dp, e = done.get("xcup"), done.get("depth"), done.get("ecp5")
     result: dict = {
         "family": family,
+        "unit": top_name.removeprefix("virtio_net_endpoint.") if top_name != "virtio_net_endpoint" else None,
         "data_width": args.data_width,
         "flows": flows,
         "luts": x.total.luts if x else None,
