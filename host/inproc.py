@@ -1,6 +1,6 @@
 """The in-process transport: the driver and the software device in one asyncio program.
 
-It joins :class:`host.softdev.SoftVirtioNet` to the driver through a :class:`host.memory.HostMemory`, and
+It joins :class:`devices.softnet.SoftVirtioNet` to the driver through a :class:`host.memory.HostMemory`, and
 plays the part of the platform: it programs the device's MSI-X table (as an OS or VFIO would) and turns the
 device's MSI writes into per-vector latched events.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from host.memory import MSI_ADDRESS_BASE, HostMemory
-from host.softdev import SoftVirtioNet
+from devices.softnet import SoftVirtioNet
 from host.transport import DmaBuffer
 from virtio_fpga import device_map as dm
 from virtio_fpga import spec

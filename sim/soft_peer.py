@@ -3,7 +3,7 @@
 It sits on the same RootComplex as the RTL endpoint, so the driver reaches both through the identical
 transport: configuration TLPs, BAR reads and writes, DMA (memory read/write TLPs issued by the function)
 and MSI-X (memory writes to the root complex's MSI window).  Everything virtio-specific is the unchanged
-:class:`host.softdev.SoftVirtioNet`; this module only translates TLPs.
+:class:`devices.softnet.SoftVirtioNet`; this module only translates TLPs.
 
 Config space: cocotbext-pcie's function provides the header, the PM and PCI Express capabilities; the
 virtio capabilities and the device's MSI-X capability follow them, served from the device's own config
@@ -17,7 +17,7 @@ from cocotbext.pcie.core import MemoryEndpoint
 from cocotbext.pcie.core.caps import PciCap, PciCapId
 from cocotbext.pcie.core.tlp import Tlp
 
-from host.softdev import Fault, SoftVirtioNet
+from devices.softnet import Fault, SoftVirtioNet
 from virtio_fpga import device_map as dm
 
 #: Byte address of the first virtio capability: after cocotbext's PM (0x40) and PCIe (0x48..0x83) caps.

@@ -10,7 +10,7 @@ import pytest
 from host.compare import compare_runs, first_difference, render_html, render_markdown
 from host.inproc import InProcessTransport
 from host.scenario import Scenario, find, library, random_scenario, run_scenario
-from host.softdev import Fault, SoftVirtioNet
+from devices.softnet import Fault, SoftVirtioNet
 from virtio_fpga.cli import main as cli_main
 
 

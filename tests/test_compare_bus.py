@@ -13,7 +13,7 @@ import pytest
 from host.compare import compare_runs
 from host.inproc import InProcessTransport
 from host.scenario import find, library, run_scenario
-from host.softdev import Fault, SoftVirtioNet
+from devices.softnet import Fault, SoftVirtioNet
 
 pytestmark = pytest.mark.rtl
 

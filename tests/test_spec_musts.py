@@ -14,7 +14,7 @@ from host.demo import make_frame, run_demo
 from host.driver import DiscoveryError, FeatureNegotiationError, VirtioPciDevice
 from host.inproc import InProcessTransport
 from host.net import CONFIG_VECTOR, VirtioNetDriver
-from host.softdev import DeviceError, MalformedDescriptor, QueueConfigError, SoftVirtioNet
+from devices.softnet import DeviceError, MalformedDescriptor, QueueConfigError, SoftVirtioNet
 from host.virtqueue import VirtqueueBroken
 from virtio_fpga import device_map as dm
 from virtio_fpga import spec

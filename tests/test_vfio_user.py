@@ -2,7 +2,7 @@
 
 The server (``vfio_user``) with the software device runs on its own asyncio loop in a thread; the test is the
 client, speaking the wire format over a real UNIX socket pair, with real memfds and eventfds passed by
-SCM_RIGHTS.  Nothing is mocked: the device behind the socket is ``host.softdev.SoftVirtioNet``.
+SCM_RIGHTS.  Nothing is mocked: the device behind the socket is ``devices.softnet.SoftVirtioNet``.
 """
 
 from __future__ import annotations

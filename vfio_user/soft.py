@@ -1,4 +1,4 @@
-"""The software reference device (``host.softdev.SoftVirtioNet``) behind a vfio-user socket, under asyncio.
+"""The software reference device (``devices.softnet.SoftVirtioNet``) behind a vfio-user socket, under asyncio.
 
 Configuration space and BAR 0 are the device's own; its DMA goes to the client's mapped memory at the addresses
 the guest programmed (guest-physical, or IOVAs when the guest has a vIOMMU); its interrupts go to the eventfds
@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from host.softdev import CONFIG_SPACE_SIZE, SoftVirtioNet
+from devices.softnet import CONFIG_SPACE_SIZE, SoftVirtioNet
 from vfio_user import server
 from vfio_user.memory import GuestMemory
 from vfio_user.port import DatagramPort

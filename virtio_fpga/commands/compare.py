@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _fault_names() -> list[str]:
-    from host.softdev import Fault
+    from devices.softnet import Fault
 
     return [f.value for f in Fault]
 
@@ -60,7 +60,7 @@ def select_scenarios(names: list[str], seed: int | None, count: int) -> list:
 def traces_in_process(scenarios: list, faults: frozenset) -> list[dict[str, Any]]:
     from host.inproc import InProcessTransport
     from host.scenario import run_scenario
-    from host.softdev import SoftVirtioNet
+    from devices.softnet import SoftVirtioNet
 
     async def main() -> list[dict[str, Any]]:
         out = []
@@ -87,7 +87,7 @@ def run_comparison(
     devices: list[str], scenarios: list, plant: str | None, read_latency_ns: float | None = None, family: str = "usp"
 ) -> dict[str, Any]:
     from host.compare import compare_runs
-    from host.softdev import Fault
+    from devices.softnet import Fault
 
     try:
         faults = frozenset({Fault(plant)}) if plant else frozenset()
