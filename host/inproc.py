@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
-from host.memory import MSI_ADDRESS_BASE, HostMemory
 from devices.softnet import SoftVirtioNet
+from host.memory import MSI_ADDRESS_BASE, HostMemory
 from host.transport import DmaBuffer
 from virtio_fpga import device_map as dm
 from virtio_fpga import spec

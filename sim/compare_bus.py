@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from host.scenario import run_scenario
 from devices.softnet import Fault
+from host.scenario import run_scenario
 
 #: Checkpoint patience and interrupt-wait slice, in simulated seconds (250 MHz: 50k and 500 cycles).
 SETTLE = 200e-6

@@ -49,9 +49,7 @@ def test_demo_report_has_lspci_view(capsys) -> None:
     ],
 )
 def test_bad_arguments_get_one_line(argv, needle) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "virtio_fpga.cli", *argv], capture_output=True, text=True, timeout=60
-    )
+    proc = subprocess.run([sys.executable, "-m", "virtio_fpga.cli", *argv], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], proc.stderr

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
+from devices.softnet import Fault, SoftVirtioNet
 from host.compare import compare_runs, first_difference, render_html, render_markdown
 from host.inproc import InProcessTransport
 from host.scenario import Scenario, find, library, random_scenario, run_scenario
-from devices.softnet import Fault, SoftVirtioNet
 from virtio_fpga.cli import main as cli_main
 
 

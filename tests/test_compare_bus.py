@@ -10,10 +10,10 @@ import asyncio
 
 import pytest
 
+from devices.softnet import Fault, SoftVirtioNet
 from host.compare import compare_runs
 from host.inproc import InProcessTransport
 from host.scenario import find, library, run_scenario
-from devices.softnet import Fault, SoftVirtioNet
 
 pytestmark = pytest.mark.rtl
 
@@ -86,6 +86,7 @@ def test_planted_bug_against_the_rtl_is_found_at_the_first_differing_event(capsy
     assert diff["rtl"][0] == first_kind
     # everything before the reported event is identical on both sides
     context = diff["context"]
-    assert context["rtl"][: diff["index"] - diff["context_start"]] == context["soft-pcie*"][
-        : diff["index"] - diff["context_start"]
-    ]
+    assert (
+        context["rtl"][: diff["index"] - diff["context_start"]]
+        == context["soft-pcie*"][: diff["index"] - diff["context_start"]]
+    )

@@ -10,11 +10,11 @@ import random
 
 import pytest
 
+from devices.softnet import DeviceError, MalformedDescriptor, QueueConfigError, SoftVirtioNet
 from host.demo import make_frame, run_demo
 from host.driver import DiscoveryError, FeatureNegotiationError, VirtioPciDevice
 from host.inproc import InProcessTransport
 from host.net import CONFIG_VECTOR, VirtioNetDriver
-from devices.softnet import DeviceError, MalformedDescriptor, QueueConfigError, SoftVirtioNet
 from host.virtqueue import VirtqueueBroken
 from virtio_fpga import device_map as dm
 from virtio_fpga import spec

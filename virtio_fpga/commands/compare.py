@@ -58,9 +58,9 @@ def select_scenarios(names: list[str], seed: int | None, count: int) -> list:
 
 
 def traces_in_process(scenarios: list, faults: frozenset) -> list[dict[str, Any]]:
+    from devices.softnet import SoftVirtioNet
     from host.inproc import InProcessTransport
     from host.scenario import run_scenario
-    from devices.softnet import SoftVirtioNet
 
     async def main() -> list[dict[str, Any]]:
         out = []
@@ -86,8 +86,8 @@ def rtl_available() -> bool:
 def run_comparison(
     devices: list[str], scenarios: list, plant: str | None, read_latency_ns: float | None = None, family: str = "usp"
 ) -> dict[str, Any]:
-    from host.compare import compare_runs
     from devices.softnet import Fault
+    from host.compare import compare_runs
 
     try:
         faults = frozenset({Fault(plant)}) if plant else frozenset()
