@@ -446,7 +446,7 @@ class DmaMonitor:
             chain = q.chain
             if flags & _INDIRECT:  # 2.8.19: not offered, so the table is nobody's buffer
                 q.dead = "INDIRECT descriptor (VIRTIO_F_INDIRECT_DESC is not offered)"
-            elif len(chain.descs) >= q.size:  # 2.8.6: a chain is never longer than the queue
+            elif flags & _NEXT and len(chain.descs) + 1 >= q.size:  # 2.8.6: never longer than the queue
                 q.dead = f"chain longer than the queue ({q.size} descriptors)"
             if q.dead is not None:
                 end = d["addr"] + max(1, d["len"])
