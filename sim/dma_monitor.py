@@ -309,9 +309,10 @@ class DmaMonitor:
             "violations": self.violation_count,
         }
 
-    def note_function_reset(self) -> None:
-        """A reset the monitor cannot see in the registers (e.g. a Function Level Reset, PCIe Base 6.6.2)."""
-        self._device_reset_done("function reset")
+    def note_function_reset(self, what: str = "function reset") -> None:
+        """A reset the monitor cannot see in the registers (the bench's hard reset, a Function Level Reset, PCIe
+        Base 6.6.2): from now on nothing of the device's earlier state may be touched."""
+        self._device_reset_done(what)
 
     # ---- host -> device --------------------------------------------------------------------------------
     def host_tlp(self, tlp: Tlp) -> None:
@@ -656,6 +657,11 @@ class DmaMonitor:
                 self._violate(r.rule, kind, addr, n, None, f"{r.what} ({r.start:#x}+{r.end - r.start})")
                 return
         live = [q.index for q in self.queues if q.live]
+        if not live and self.status == 0 and any(kind == "device" for _, kind, _ in self.resets):
+            when = next(t for t, kind, _ in reversed(self.resets) if kind == "device")
+            detail = f"the device reset read back 0 at {when:.1f} ns and no queue was enabled since"
+            self._violate("after-reset", kind, addr, n, None, detail)
+            return
         state = f"live queues {live}" if live else "no queue is live"
         self._violate("outside", kind, addr, n, None, f"in no ring, event structure or outstanding buffer ({state})")
 

@@ -492,6 +492,8 @@ class EndpointBench(BenchCommon):
         for _ in range(8):
             await RisingEdge(dut.user_clk)
         dut.user_reset.value = 0
+        if self.dma_monitor is not None:  # the whole design was reset: its earlier state is gone
+            self.dma_monitor.note_function_reset("hard reset (user_reset)")
         for _ in range(8):
             await RisingEdge(dut.user_clk)
 

@@ -332,3 +332,13 @@ def test_split_completions_and_speculative_reads() -> None:
     r.fetch(0, 1, 1)
     r.dev_write(0x8000, bytes(8))
     assert r.rules() == ["outside"]
+
+
+def test_dma_while_the_device_stays_in_reset_is_after_reset() -> None:
+    r = Rig()
+    r.reg_write(field("device_status"), 1, 0)
+    r.reg_read(field("device_status"), 1, 0)
+    r.dev_read(0x123_4000, 64)  # nowhere in particular: the device is in reset
+    assert r.rules() == ["after-reset"]
+    r.mon.note_function_reset()  # already in reset: nothing changes
+    assert len(r.mon.resets) == 1
