@@ -533,14 +533,16 @@ class DmaMonitor:
             ring_end = q.desc + q.size * DESC_BYTES
             if q.desc <= addr < ring_end or q.desc < end <= ring_end:
                 if addr < q.desc or end > ring_end:
-                    self._violate("ring-bounds", "MemRd", addr, n, q.index, f"ring {q.desc:#x}+{ring_end - q.desc}")
+                    if not self._in_buffer(addr, end, writable=False):  # a driver may overlap them
+                        self._violate("ring-bounds", "MemRd", addr, n, q.index, f"ring {q.desc:#x}+{ring_end - q.desc}")
                 else:
                     self._ring_reads[tlp.tag] = [q.index, q.epoch, addr, n, bytearray(n), bytearray(n)]
                 return
             if q.driver <= addr and end <= q.driver + EVENT_BYTES:
                 return
             if q.device <= addr and end <= q.device + EVENT_BYTES:
-                self._violate("device-area-read", "MemRd", addr, n, q.index, f"device area {q.device:#x}")
+                if not self._in_buffer(addr, end, writable=False):
+                    self._violate("device-area-read", "MemRd", addr, n, q.index, f"device area {q.device:#x}")
                 return
         if self._in_buffer(addr, end, writable=False):
             return
@@ -563,7 +565,8 @@ class DmaMonitor:
             if q.device <= addr and end <= q.device + EVENT_BYTES:
                 return
             if q.driver <= addr and end <= q.driver + EVENT_BYTES:
-                self._violate("driver-area-write", "MemWr", addr, n, q.index, f"driver area {q.driver:#x}")
+                if not self._in_buffer(addr, end, writable=True):
+                    self._violate("driver-area-write", "MemWr", addr, n, q.index, f"driver area {q.driver:#x}")
                 return
         if self._in_buffer(addr, end, writable=True):
             return
@@ -574,10 +577,13 @@ class DmaMonitor:
 
     def _used_write(self, q: _Queue, tlp: Tlp, addr: int, n: int, end: int, ring_end: int) -> None:
         if addr < q.desc or end > ring_end:
-            self._violate("ring-bounds", "MemWr", addr, n, q.index, f"ring {q.desc:#x}+{ring_end - q.desc}")
+            if not self._in_buffer(addr, end, writable=True):
+                self._violate("ring-bounds", "MemWr", addr, n, q.index, f"ring {q.desc:#x}+{ring_end - q.desc}")
             return
         slot, within = divmod(addr - q.desc, DESC_BYTES)
         if slot != q.next_used or within + n > DESC_BYTES:
+            if self._in_buffer(addr, end, writable=True):
+                return  # a device-writable buffer the driver placed inside the ring (its bug, 2.8.2 allows the write)
             self._violate(
                 "used-slot",
                 "MemWr",

@@ -342,3 +342,13 @@ def test_dma_while_the_device_stays_in_reset_is_after_reset() -> None:
     assert r.rules() == ["after-reset"]
     r.mon.note_function_reset()  # already in reset: nothing changes
     assert len(r.mon.resets) == 1
+
+
+def test_a_buffer_the_driver_put_inside_the_ring_may_be_written() -> None:
+    r = Rig()
+    r.publish(0, [(RING[0] + 16 * 4, 64, DescFlag.WRITE)], buf_id=0)  # a hostile driver: the buffer is ring slots
+    r.fetch(0)
+    r.dev_write(RING[0] + 16 * 4, bytes(32))  # the device writes the buffer it was given
+    assert r.rules() == []
+    r.dev_write(RING[0] + 16 * 2, bytes(16))  # ... but nothing else in the ring
+    assert r.rules() == ["used-slot"]
