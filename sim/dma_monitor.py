@@ -259,6 +259,8 @@ class DmaMonitor:
         self.msix_writes = 0
         self.buffers_published = 0
         self.used_elements = 0
+        #: simulated time of the device's latest memory request (MSI-X included): "no DMA after t" checks
+        self.last_request_ns: float | None = None
         #: (time_ns, "device" | "queue", queue index or None) of every reset the monitor saw complete
         self.resets: list[tuple[float, str, int | None]] = []
         # driver-side register state
@@ -512,6 +514,8 @@ class DmaMonitor:
     # ---- device -> host: its requests ----------------------------------------------------------------
     def device_tlp(self, tlp: Tlp) -> None:
         t = tlp.fmt_type
+        if t in _READS or t in _WRITES:
+            self.last_request_ns = float(self.now_ns())
         if t in _READS:
             self.tlps_checked += 1
             self.reads_checked += 1

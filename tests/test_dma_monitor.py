@@ -148,6 +148,7 @@ def test_a_clean_exchange_stays_clean() -> None:
     assert r.rules() == []
     assert r.mon.buffers_published == 2 and r.mon.used_elements == 2
     assert r.mon.tlps_checked == 9
+    assert r.mon.last_request_ns == 0.0
     r.mon.check()
 
 
