@@ -145,6 +145,7 @@ def run_cocotb(
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
         "COCOTB_LOG_LEVEL": os.environ.get("COCOTB_LOG_LEVEL", "WARNING"),
         "VIRTIO_FPGA_FAMILY": family,
+        "VIRTIO_FPGA_CORE": core,  # the bench attaches the virtio DMA monitor to every core but the test core
     }
     env.update(extra_env or {})
     runner = get_runner("icarus")
@@ -212,6 +213,7 @@ def run_scenario(
     sim_timeout_ms: float = 20.0,
     read_latency_ns: float | None = None,
     family: str = "usp",
+    dma_monitor: str = "fail",
 ) -> dict:
     """Run ``module:function`` against the RTL; returns its dict plus ``sim_cycles``, DMA counts, guard check.
 
@@ -224,6 +226,8 @@ def run_scenario(
     environment (default 0, the model's own latency), so a whole test run can be repeated at a real host's.
     ``family`` picks the PCIe hard IP the endpoint is built for and simulated behind: ``"usp"`` (UltraScale+,
     :mod:`sim.usp`) or ``"ptile"`` (Intel P-tile with the VirtIO option, :mod:`sim.ptile`).
+    ``dma_monitor``: ``"fail"`` stops the run at the first stray DMA request (:class:`SimulationError`);
+    ``"record"`` lets it run on and returns the violations in ``result["dma_violations"]``.
     """
     if read_latency_ns is None:
         read_latency_ns = read_latency_from_env()
@@ -239,6 +243,7 @@ def run_scenario(
             "VIRTIO_FPGA_PEER": peer or "",
             "VIRTIO_FPGA_SIM_TIMEOUT_MS": str(sim_timeout_ms),
             "VIRTIO_FPGA_READ_LATENCY_NS": repr(float(read_latency_ns)),
+            "VIRTIO_FPGA_DMA_MONITOR": dma_monitor,
         }
         run_dir = run_cocotb(
             "sim.bench",
