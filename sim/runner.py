@@ -214,6 +214,7 @@ def run_scenario(
     read_latency_ns: float | None = None,
     family: str = "usp",
     dma_monitor: str = "fail",
+    dma_timeout_cycles: int = 1 << 16,
 ) -> dict:
     """Run ``module:function`` against the RTL; returns its dict plus ``sim_cycles``, DMA counts, guard check.
 
@@ -228,6 +229,8 @@ def run_scenario(
     :mod:`sim.usp`) or ``"ptile"`` (Intel P-tile with the VirtIO option, :mod:`sim.ptile`).
     ``dma_monitor``: ``"fail"`` stops the run at the first stray DMA request (:class:`SimulationError`);
     ``"record"`` lets it run on and returns the violations in ``result["dma_violations"]``.
+    ``dma_timeout_cycles``: the DMA engine's completion timeout the design is built with (a separate build; the
+    fault tests use a short one so that a lost completion ends in microseconds of simulated time).
     """
     if read_latency_ns is None:
         read_latency_ns = read_latency_from_env()
@@ -253,6 +256,7 @@ def run_scenario(
             waves=waves,
             extra_env=env,
             family=family,
+            dma_timeout_cycles=dma_timeout_cycles,
         )
         if not result_path.exists():
             raise SimulationError(f"scenario {scenario} wrote no result ({run_dir})")

@@ -103,7 +103,7 @@ class DmaEngine(wiring.Component):
     * ``max_read_requests`` (32): core read requests accepted and not yet delivered.
     * ``write_ring_bytes`` (4096), ``max_write_requests`` (16): write staging ring and queued write requests.
     * ``seq_num_tracking`` (True): ``visible`` waits for ``pcie_rq_seq_num``; False makes it equal ``done``.
-    * ``quarantine_cycles`` (``timeout_cycles``): how long a tag whose read failed (error completion, timeout)
+    * ``quarantine_cycles`` (``4 * timeout_cycles``): how long a tag whose read failed (error completion, timeout)
       stays out of use after it retired.
     """
 
@@ -141,8 +141,9 @@ class DmaEngine(wiring.Component):
         self.max_read_requests = max_read_requests
         self.max_write_requests = max_write_requests
         self.timeout_cycles = timeout_cycles
-        # Fault handling (issue 12): a failed tag waits this long before reuse (default: one more timeout period).
-        self.quarantine_cycles = timeout_cycles if quarantine_cycles is None else quarantine_cycles
+        # Fault handling (issue 12): a failed tag waits this long before reuse (default: four timeout periods,
+        # so that the hard IP's own completion timeout, Device Control 2, has let go of the tag too).
+        self.quarantine_cycles = 4 * timeout_cycles if quarantine_cycles is None else quarantine_cycles
         self.seq_num_tracking = seq_num_tracking
         self.seq_timeout_cycles = seq_timeout_cycles
         super().__init__(
