@@ -150,8 +150,9 @@ class CompletionFaults:
         self.reorder_ns = float(max_delay_ns)
 
     def release_late(self) -> None:
-        """Deliver the held-back completions of ``late`` faults armed without ``late_ns`` now."""
-        self._release.set()
+        """Deliver the held-back completions of ``late`` faults (those injected so far) now."""
+        release, self._release = self._release, Event()  # later late faults wait for the next call
+        release.set()
 
     @property
     def pending_late(self) -> int:
@@ -209,7 +210,7 @@ class CompletionFaults:
                 cocotb.start_soon(self._hardip_timeout(inj, self.dev.active_request[tlp.tag], armed.hardip_timeout_ns))
             cpls = await self._serve(tlp, split_on_rcb=False)
             self._late.append((inj, cpls))
-            cocotb.start_soon(self._deliver_late(inj, cpls, armed.late_ns))
+            cocotb.start_soon(self._deliver_late(inj, cpls, armed.late_ns, self._release))
 
     async def _send_later(self, cpls: list, delay_ns: float) -> None:
         if delay_ns > 0:
@@ -217,13 +218,11 @@ class CompletionFaults:
         for cpl in cpls:  # one read's completions in address order
             await self.rc.send(cpl)
 
-    async def _deliver_late(self, inj: Injection, cpls: list, late_ns: float | None) -> None:
+    async def _deliver_late(self, inj: Injection, cpls: list, late_ns: float | None, release: Event) -> None:
         if late_ns is None:
-            if not self._release.is_set():
-                await self._release.wait()
+            await release.wait()
         else:
-            timer = Timer(round(late_ns * 1000), "ps")
-            await (First(timer, self._release.wait()) if not self._release.is_set() else timer)
+            await First(Timer(round(late_ns * 1000), "ps"), release.wait())
         self._late.remove((inj, cpls))
         inj.delivered_ns = get_sim_time("ns")
         for cpl in cpls:

@@ -116,7 +116,7 @@ def test_engine_completion_timeout_and_late_completion() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [2, 3, 4])
+@pytest.mark.parametrize("seed", [2, 3])
 def test_broken_completions_repeated(seed: int) -> None:
     faults = [{**f, "target": t, "seed": seed} for f in BROKEN for t in ("any", "tx_ring", "tx_data", "rx_ring")]
     runs = _series(faults, sim_timeout_ms=20.0)
@@ -130,3 +130,20 @@ def test_broken_completions_repeated(seed: int) -> None:
         [f for f in faults if f["target"] in ("tx_ring", "tx_data")],
         needs_reset_bound_us=40.0,
     )
+
+
+#: The P-tile build behind cocotbext-pcie's P-tile model, which passes completions to the user side as they come
+#: (no Split Completion Table, no completion timeout of its own): the engine's timeout ends a lost read.
+PTILE = [
+    {"kind": "ur", "target": "tx_ring", "hardip_timeout_ns": None},
+    {"kind": "ca", "target": "tx_data", "hardip_timeout_ns": None},
+    {"kind": "poison", "target": "tx_data", "hardip_timeout_ns": None},
+    {"kind": "drop", "target": "tx_ring", "hardip_timeout_ns": None},
+    {"kind": "late", "target": "tx_data", "hardip_timeout_ns": None, "release_late_in_recovery": True},
+]
+
+
+@pytest.mark.slow
+def test_ptile_broken_completions_need_reset_and_recover() -> None:
+    runs = _series(PTILE, family="ptile", dma_timeout_cycles=4096)
+    _check_broken(runs, PTILE, needs_reset_bound_us=40.0)
