@@ -116,7 +116,7 @@ def test_engine_completion_timeout_and_late_completion() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [2, 3])
+@pytest.mark.parametrize("seed", [2])
 def test_broken_completions_repeated(seed: int) -> None:
     faults = [{**f, "target": t, "seed": seed} for f in BROKEN for t in ("any", "tx_ring", "tx_data", "rx_ring")]
     runs = _series(faults, sim_timeout_ms=20.0)
