@@ -240,6 +240,7 @@ def run_scenario(
     family: str = "usp",
     dma_monitor: str = "fail",
     planted_bug: str | None = None,
+    dma_timeout_cycles: int = 1 << 16,
 ) -> dict:
     """Run ``module:function`` against the RTL; returns its dict plus ``sim_cycles``, DMA counts, guard check.
 
@@ -256,6 +257,8 @@ def run_scenario(
     ``"stop"`` stops there too but returns the result, with the violation in ``result["dma_violations"]``;
     ``"record"`` lets the scenario run on and returns every violation there.
     ``planted_bug`` (TEST ONLY) runs a build of the core with that deliberate bug (see :func:`build`).
+    ``dma_timeout_cycles``: the DMA engine's completion timeout the design is built with (a separate build; the
+    fault tests use a short one so that a lost completion ends in microseconds of simulated time).
     """
     if read_latency_ns is None:
         read_latency_ns = read_latency_from_env()
@@ -282,6 +285,7 @@ def run_scenario(
             extra_env=env,
             family=family,
             planted_bug=planted_bug,
+            dma_timeout_cycles=dma_timeout_cycles,
         )
         if not result_path.exists():
             raise SimulationError(f"scenario {scenario} wrote no result ({run_dir})")

@@ -22,6 +22,11 @@ Reads (PG213 "Requester Request Interface", "Requester Completion Interface"; PC
 * a completion with an error (UR, CA, poisoned, or an error code from the hard IP) or no completion within
   ``timeout_cycles`` marks the sub-request failed, and its core request ends with ``error`` on the last beat -
   never a hang.  The last beat of a request waits until all of its sub-requests are finished;
+* a failed tag is *quarantined*: it is not reused for ``quarantine_cycles`` after it retired, so the rest of a
+  poisoned request's completions and a late completion for a timed-out read find it not outstanding.  A
+  completion whose tag is not outstanding (never issued, retired, quarantined) or belongs to a failed
+  sub-request is dropped as an Unexpected Completion (PCIe Base 2.3.2; counted in ``rd_unexpected``): it is
+  never written into the ring, so it cannot become data of a later request;
 * a request with ``req_after_writes`` set issues no TLP before every write request accepted on the write port
   before it (or in the same cycle) has had its ``done`` (last TLP accepted on RQ).  RQ is one stream into the hard
   IP, which keeps its order, and on the link a read never passes a posted write (PCIe Base table 2-40, B2a):
@@ -98,6 +103,8 @@ class DmaEngine(wiring.Component):
     * ``max_read_requests`` (32): core read requests accepted and not yet delivered.
     * ``write_ring_bytes`` (4096), ``max_write_requests`` (16): write staging ring and queued write requests.
     * ``seq_num_tracking`` (True): ``visible`` waits for ``pcie_rq_seq_num``; False makes it equal ``done``.
+    * ``quarantine_cycles`` (``4 * timeout_cycles``): how long a tag whose read failed (error completion, timeout)
+      stays out of use after it retired.
     """
 
     def __init__(
@@ -114,6 +121,7 @@ class DmaEngine(wiring.Component):
         max_write_requests: int = 16,
         seq_num_tracking: bool = True,
         seq_timeout_cycles: int = 4096,
+        quarantine_cycles: int | None = None,
     ) -> None:
         check_data_width(data_width)
         if ring_bytes is None:
@@ -133,6 +141,9 @@ class DmaEngine(wiring.Component):
         self.max_read_requests = max_read_requests
         self.max_write_requests = max_write_requests
         self.timeout_cycles = timeout_cycles
+        # Fault handling (issue 12): a failed tag waits this long before reuse (default: four timeout periods,
+        # so that the hard IP's own completion timeout, Device Control 2, has let go of the tag too).
+        self.quarantine_cycles = 4 * timeout_cycles if quarantine_cycles is None else quarantine_cycles
         self.seq_num_tracking = seq_num_tracking
         self.seq_timeout_cycles = seq_timeout_cycles
         super().__init__(
@@ -153,6 +164,10 @@ class DmaEngine(wiring.Component):
                 "rd_outstanding": Out(range(n_tags + 1)),
                 "rd_errors": Out(16),
                 "rd_timeouts": Out(16),
+                # completions dropped because their tag was not outstanding or had failed (Unexpected Completion)
+                "rd_unexpected": Out(16),
+                # tags held out of use after an error (one bit per tag), until ``quarantine_cycles`` passed
+                "rd_quarantine": Out(n_tags),
                 "wr_seq_timeouts": Out(16),
             }
         )
@@ -463,8 +478,10 @@ class DmaEngine(wiring.Component):
         m.d.comb += n_valid.eq(Mux(cdesc.byte_count < n_payload, cdesc.byte_count, n_payload))
         c_tag = Signal(tbits)
         m.d.comb += c_tag.eq(cdesc.tag[:tbits])
+        # Fault handling: a completion counts only for a tag that is outstanding and has not failed; anything else
+        # (a late completion after a timeout, the tail of a poisoned request) is dropped, never written to the ring.
         c_known = Signal()
-        m.d.comb += c_known.eq((cdesc.tag < nt) & tag_busy.bit_select(c_tag, 1))
+        m.d.comb += c_known.eq((cdesc.tag < nt) & tag_busy.bit_select(c_tag, 1) & ~tag_err.bit_select(c_tag, 1))
         c_err = Signal()
         m.d.comb += c_err.eq((cdesc.error_code != 0) | (cdesc.status != 0) | cdesc.poisoned)
         c_rem = Signal(13)
@@ -517,6 +534,8 @@ class DmaEngine(wiring.Component):
                             m.d.comb += set_err[i].eq(1)
                 with m.If(c_err):
                     m.d.sync += self.rd_errors.eq(self.rd_errors + 1)
+                with m.If(~c_known):
+                    m.d.sync += self.rd_unexpected.eq(self.rd_unexpected + 1)
             with m.Else():
                 m.d.sync += h_beat.eq(h_beat + 1)
             m.d.sync += in_tlp.eq(~rc_last)
@@ -573,16 +592,25 @@ class DmaEngine(wiring.Component):
         m.d.sync += tick_cnt.eq(tick_cnt + 1)
         m.d.comb += tick.eq(tick_cnt == tick_div - 1)
         timed_out = Signal()
+        # Fault handling: the same per-tag age counter times a failed tag's quarantine after it retired; the tag
+        # is free again once ``quar_limit`` ticks passed (``quar_expired``), see "quarantine release" below.
+        quar_limit = max(2, self.quarantine_cycles // tick_div)
+        tag_quar = Signal(nt)
+        quar_expired = Signal(nt)
         for i in range(nt):
-            age = Signal(range(age_limit + 1), name=f"tag{i}_age")
+            age = Signal(range(max(age_limit, quar_limit) + 1), name=f"tag{i}_age")
             waiting = tag_busy[i] & (tag_rem[i] != 0)
-            with m.If(set_issue[i] | ~waiting):
+            with m.If(set_issue[i] | ~(waiting | tag_quar[i])):
                 m.d.sync += age.eq(0)
             with m.Elif(tick):
-                with m.If(age == age_limit):
+                with m.If(tag_quar[i]):
+                    with m.If(age != quar_limit):
+                        m.d.sync += age.eq(age + 1)
+                with m.Elif(age == age_limit):
                     m.d.comb += [set_err[i].eq(1), timed_out.eq(1)]
                 with m.Else():
                     m.d.sync += age.eq(age + 1)
+            m.d.comb += quar_expired[i].eq(tag_quar[i] & (age == quar_limit))
         with m.If(timed_out):
             m.d.sync += self.rd_timeouts.eq(self.rd_timeouts + 1)
 
@@ -614,13 +642,20 @@ class DmaEngine(wiring.Component):
         m.d.comb += retire.eq(order_fifo.r_rdy & (o_zero | (head_rem == 0)) & (err_fifo.w_rdy | ~o_last))
         with m.If(order_fifo.r_rdy & ~o_zero):
             m.d.sync += avail_ptr.eq(head_end - head_rem)
+        # Fault handling: a tag retired with an error goes into quarantine instead of back to the free FIFO.
+        set_quar = Signal(nt)
+        clr_quar = Signal(nt)
+        retire_free = Signal()
+        m.d.comb += retire_free.eq(retire & ~o_zero & ~head_err)
         with m.If(retire):
             m.d.comb += order_fifo.r_en.eq(1)
             with m.If(~o_zero):
-                m.d.comb += [free_fifo.w_en.eq(1), free_fifo.w_data.eq(o_tag)]
+                with m.If(~head_err):
+                    m.d.comb += [free_fifo.w_en.eq(1), free_fifo.w_data.eq(o_tag)]
                 for i in range(nt):
                     with m.If(o_tag == i):
                         m.d.comb += clr_busy[i].eq(1)
+                        m.d.comb += set_quar[i].eq(head_err)
             with m.If(o_last):
                 m.d.comb += [err_fifo.w_en.eq(1), err_fifo.w_data.eq(err_acc | head_err | o_zero)]
                 m.d.sync += err_acc.eq(0)
@@ -628,6 +663,25 @@ class DmaEngine(wiring.Component):
                 m.d.sync += err_acc.eq(err_acc | head_err)
         m.d.sync += n_out.eq(n_out + tlp_fire - (retire & ~o_zero))
         m.d.comb += self.rd_outstanding.eq(n_out)
+
+        # ---- quarantine release (fault handling): a scan pointer visits one tag per cycle (registered), and an
+        # expired tag goes back to the free FIFO in a cycle the retire path does not write it.  Quarantine only
+        # follows errors, so the 1-in-nt visit rate costs nothing on the fast path.
+        q_scan = Signal(tbits)
+        q_hit = Signal()
+        q_tag = Signal(tbits)
+        m.d.sync += [
+            q_scan.eq(Mux(q_scan == nt - 1, 0, q_scan + 1)),
+            q_hit.eq(quar_expired.bit_select(q_scan, 1)),
+            q_tag.eq(q_scan),
+        ]
+        with m.If(q_hit & ~retire_free):
+            m.d.comb += [free_fifo.w_en.eq(1), free_fifo.w_data.eq(q_tag)]
+            for i in range(nt):
+                with m.If(q_tag == i):
+                    m.d.comb += clr_quar[i].eq(1)
+        m.d.sync += tag_quar.eq((tag_quar | set_quar) & ~clr_quar)
+        m.d.comb += self.rd_quarantine.eq(tag_quar)
 
         # ---- deliver: ring words to the core, in order, through the synchronous read port and one output stage
         d_base = Signal(PTR_WIDTH)
