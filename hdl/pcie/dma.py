@@ -740,9 +740,14 @@ class DmaEngine(wiring.Component):
         rem = Signal(DMA_LEN_WIDTH)
         m.d.comb += rem.eq(j_len - off)
         mps = self._limit(m, self.max_payload, self.max_write_chunk, "wr_mps")
-        # Split at Max_Payload_Size-aligned boundaries (and so at 4 KiB ones): PCIe Base 2.2.7.
+        # At most Max_Payload_Size, never across 4 KiB (PCIe Base 2.2.7), and every TLP but a request's last ends
+        # on a 64-byte (cache-line) boundary: a buffer that starts off an MPS boundary takes no extra TLP.
+        to_line = Signal(13)
+        m.d.comb += to_line.eq(mps - t_addr[:6])
+        to_4k = Signal(13)
+        m.d.comb += to_4k.eq(0x1000 - t_addr[:12])
         to_bound = Signal(13)
-        m.d.comb += to_bound.eq(mps - (t_addr[:12] & (mps - 1)))
+        m.d.comb += to_bound.eq(Mux(to_4k < to_line, to_4k, to_line))
         chunk = Signal(13)
         m.d.comb += chunk.eq(Mux(rem < to_bound, rem, to_bound))
 
