@@ -29,10 +29,14 @@ Reads (PG213 "Requester Request Interface", "Requester Completion Interface"; PC
 
 Writes (PCIe Base 2.2.7 Max_Payload_Size; PG213 "Requester Request Interface"): requests are queued
 (``max_write_requests``), the core's packed data is stored in a ring of ``write_ring_bytes``, then cut into
-memory-write TLPs of at most Max_Payload_Size (``cfg_max_payload``, capped at :attr:`DmaEngine.max_write_chunk`),
-split at MPS-aligned (and so 4 KiB) boundaries; each TLP is sent only when all its data is in the ring, so a TLP
-never stalls half way.  The next TLP is planned while the current one is sent and starts in the cycle after
-its last beat.  ``done`` pulses as the last beat of a request's last TLP is accepted by the PCIe core (RQ
+memory-write TLPs of at most Max_Payload_Size (``cfg_max_payload``, capped at :attr:`DmaEngine.max_write_chunk`)
+that never cross 4 KiB, every TLP but a request's last ending on a 64-byte line: a buffer that starts off an MPS
+boundary takes no extra TLP (1512 bytes at offset 64 are 5 x 256 + 232 bytes, 53 RQ beats at 256 bits, where
+MPS-aligned cuts gave 192 + 5 x 256 + 40, 54 beats and one more header on the link), and host cache lines are
+still written whole.  Each TLP is sent only when all its data is in the ring, so a TLP never stalls half way.
+The next TLP is planned while the current one is sent and starts in the cycle after its last beat; the planner
+also works out the TLP's beat count, last-beat dword enables and ring start, so the sender's per-beat
+decisions are registers.  ``done`` pulses as the last beat of a request's last TLP is accepted by the PCIe core (RQ
 ``tready``).
 
 Sequence numbers (PG213 "Transmit Transaction Ordering"): the MSI-X interface ``cfg_interrupt_msix_*`` is not
@@ -47,6 +51,14 @@ counted in ``wr_seq_timeouts``, so the engine never hangs.
 
 The requester arbiter takes reads and writes round-robin, holds a grant from a TLP's first beat to its
 ``tlast``, and registers its output (full rate: a beat moves whenever the output register is empty or drains).
+Each source enters it through a two-entry skid buffer whose ``tready`` is a register, so what a source decides
+in a cycle (a read's tag bookkeeping, the next write TLP) never waits on the arbitration or on RQ ``tready``.
+
+Logic depth (PCIe at 250 MHz: about 8 LUT levels per cycle): the decisions that fan out to per-tag state read
+registers - the next read's tag is picked a cycle ahead, each tag keeps a ``tag_zero`` bit beside its missing
+byte count (the retire decision reads one bit through the head-of-order mux, not a 13-bit compare), an error
+completion fails its tag from a register one cycle after its descriptor arrived, and the write side's bound on
+unacknowledged sequence numbers is a registered comparison (checked one lower in the cycle after a TLP started).
 
 Both rings are two banks of words (even and odd), so one cycle can touch any two consecutive words: a
 rotated completion beat lands in two words, an unaligned write TLP beat is read from two words.  The read
@@ -408,13 +420,11 @@ class DmaEngine(wiring.Component):
             ]
 
         # ---- splitter, stage 2 (issue): a tag, ring space, order-FIFO room and the write fence, then RQ
+        # The next TLP's tag is chosen a cycle ahead into a register (refilled in the cycle it is used), so the
+        # per-tag updates of an issue decode a register.
         fresh = Signal(range(nt + 1))  # tags never used since reset: fresh .. nt-1
         tag = Signal(tbits)
         have_tag = Signal()
-        m.d.comb += [
-            have_tag.eq((fresh != nt) | free_fifo.r_rdy),
-            tag.eq(Mux(fresh != nt, fresh, free_fifo.r_data)),
-        ]
         space_ok = Signal()
         m.d.comb += space_ok.eq(((p_end - drain_ptr)[:PTR_WIDTH]) <= self.ring_bytes)
         # 24-bit counters: a read would have to wait for 2^23 later writes before the comparison wrapped
@@ -441,13 +451,17 @@ class DmaEngine(wiring.Component):
         with m.If(tlp_fire):
             m.d.comb += [issue_len.eq(p_chunk), issue_end.eq(p_end)]
             m.d.comb += [order_fifo.w_en.eq(1), order_fifo.w_data.eq(Cat(tag, p_last, Const(0, 1)))]
-            with m.If(fresh != nt):
-                m.d.sync += fresh.eq(fresh + 1)
-            with m.Else():
-                m.d.comb += free_fifo.r_en.eq(1)
             for i in range(nt):
                 with m.If(tag == i):
                     m.d.comb += set_issue[i].eq(1)
+        with m.If(~have_tag | tlp_fire):
+            with m.If(fresh != nt):
+                m.d.sync += [tag.eq(fresh), have_tag.eq(1), fresh.eq(fresh + 1)]
+            with m.Elif(free_fifo.r_rdy):
+                m.d.sync += [tag.eq(free_fifo.r_data), have_tag.eq(1)]
+                m.d.comb += free_fifo.r_en.eq(1)
+            with m.Else():
+                m.d.sync += have_tag.eq(0)
         with m.If(zero_fire):  # nothing to fetch: the request completes with an error (len >= 1 is required)
             m.d.comb += [order_fifo.w_en.eq(1), order_fifo.w_data.eq(Cat(Const(0, tbits), Const(1, 1), Const(1, 1)))]
 
