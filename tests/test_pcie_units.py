@@ -5,7 +5,8 @@
 * the DMA engine's read reassembly: completions for several tags answered in *reverse* order and split into
   64-byte pieces (PCIe Base 2.3.1.1 read completion boundary), realigned to the packed convention;
   a UR completion and a completion timeout each end the request with ``error`` on its last beat;
-* the DMA engine's write splitting at Max_Payload_Size and 4 KiB with the data dword-aligned per TLP;
+* the DMA engine's write splitting (at most Max_Payload_Size, cut at 64-byte lines and 4 KiB) with the data
+  dword-aligned per TLP;
 * the MSI-X block: table access, per-vector and function masking, pending bits, the sent/fail handshake.
 """
 
@@ -426,6 +427,7 @@ def test_dma_write_splits(width: int) -> None:
     watch_done.background = True
     run_sim(dut, _rq_collector(dut, tlps, ready_prob=0.7), watch_done, core, deadline_cycles=3000)
     memory = {}
+    pieces = []
     for desc, fbe, lbe, data in tlps:
         assert desc["req_type"] == ReqType.MEM_WRITE
         start = desc["addr"] << 2
@@ -434,11 +436,14 @@ def test_dma_write_splits(width: int) -> None:
         n = desc["dword_count"] * 4 - lead - tail
         assert n <= 256, "Max_Payload_Size"
         assert (start + lead) // 4096 == (start + lead + n - 1) // 4096, "4 KiB boundary"
+        pieces.append((start + lead, n))
         for k in range(n):
             memory[start + lead + k] = data[lead + k]
     assert sorted(memory) == list(range(addr, addr + length))
     assert bytes(memory[a] for a in range(addr, addr + length)) == payload
     assert done == [len(tlps)]  # exactly one done, after the last TLP
+    # cut at the 4 KiB boundary first, then MPS-sized pieces ending on 64-byte lines: 123 + 256 + 256 + 65
+    assert pieces == [(addr, 123), (0x41000, 256), (0x41100, 256), (0x41200, 65)]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -812,8 +817,8 @@ def test_dma_read_throughput_1500_bytes_at_500ns(max_pieces: int) -> None:
 @pytest.mark.parametrize("width", [128, 256])
 def test_dma_writes_back_to_back_split_and_visible(width: int) -> None:
     """RX-like traffic: 76-byte frames and 8-byte used writes alternating, plus random 1..1200-byte writes at
-    awkward places: every byte lands, TLPs cut at MPS (256) and 4 KiB; done and visible pulse once per
-    request in order, visible only after the sequence number of the request's last TLP came back."""
+    awkward places: every byte lands, TLPs of at most MPS (128) cut at 64-byte lines and 4 KiB; done and visible
+    pulse once per request in order, visible only after the sequence number of the request's last TLP came back."""
     dut = DmaEngine(width)
     host = _Host(dut, rq_ready=0.8, seq_delay=9, seed=4)
     rng = random.Random(8)
@@ -836,9 +841,6 @@ def test_dma_writes_back_to_back_split_and_visible(width: int) -> None:
         expect[addr : addr + n] = p
     assert host.memory == expect
     writes = [t for t in host.tlps if t["kind"] == "W"]
-    for t in writes:
-        assert t["len"] <= 256 and (t["addr"] // 256) == ((t["addr"] + t["len"] - 1) // 256)
-        assert t["seq"] >> 5 == 1  # write TLPs carry bit 5 of the sequence number
     assert len(out["done"]) == len(out["visible"]) == len(reqs)
     # the last TLP of request k is the one whose cumulative byte count reaches the sum of lengths up to k
     ends, total, k = [], 0, 0
@@ -848,6 +850,12 @@ def test_dma_writes_back_to_back_split_and_visible(width: int) -> None:
             ends.append(idx)
             k += 1
     assert len(ends) == len(reqs)
+    mps = 128  # max_payload left at 0
+    for idx, t in enumerate(writes):
+        assert t["len"] <= mps and (t["addr"] // 4096) == ((t["addr"] + t["len"] - 1) // 4096)
+        if idx not in ends:  # cut at a cache line, so a request takes the fewest TLPs that keep lines whole
+            assert t["len"] == min(mps - t["addr"] % 64, 4096 - t["addr"] % 4096), (t["addr"], t["len"])
+        assert t["seq"] >> 5 == 1  # write TLPs carry bit 5 of the sequence number
     report_cycle = {}
     for cycle, seq in host.seq_reports:
         report_cycle.setdefault(seq, []).append(cycle)

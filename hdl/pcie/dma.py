@@ -34,10 +34,14 @@ Reads (PG213 "Requester Request Interface", "Requester Completion Interface"; PC
 
 Writes (PCIe Base 2.2.7 Max_Payload_Size; PG213 "Requester Request Interface"): requests are queued
 (``max_write_requests``), the core's packed data is stored in a ring of ``write_ring_bytes``, then cut into
-memory-write TLPs of at most Max_Payload_Size (``cfg_max_payload``, capped at :attr:`DmaEngine.max_write_chunk`),
-split at MPS-aligned (and so 4 KiB) boundaries; each TLP is sent only when all its data is in the ring, so a TLP
-never stalls half way.  The next TLP is planned while the current one is sent and starts in the cycle after
-its last beat.  ``done`` pulses as the last beat of a request's last TLP is accepted by the PCIe core (RQ
+memory-write TLPs of at most Max_Payload_Size (``cfg_max_payload``, capped at :attr:`DmaEngine.max_write_chunk`)
+that never cross 4 KiB, every TLP but a request's last ending on a 64-byte line: a buffer that starts off an MPS
+boundary takes no extra TLP (1512 bytes at offset 64 are 5 x 256 + 232 bytes, 53 RQ beats at 256 bits, where
+MPS-aligned cuts gave 192 + 5 x 256 + 40, 54 beats and one more header on the link), and host cache lines are
+still written whole.  Each TLP is sent only when all its data is in the ring, so a TLP never stalls half way.
+The next TLP is planned while the current one is sent and starts in the cycle after its last beat; the planner
+also works out the TLP's beat count, last-beat dword enables and ring start, so the sender's per-beat
+decisions are registers.  ``done`` pulses as the last beat of a request's last TLP is accepted by the PCIe core (RQ
 ``tready``).
 
 Sequence numbers (PG213 "Transmit Transaction Ordering"): the MSI-X interface ``cfg_interrupt_msix_*`` is not
@@ -52,6 +56,14 @@ counted in ``wr_seq_timeouts``, so the engine never hangs.
 
 The requester arbiter takes reads and writes round-robin, holds a grant from a TLP's first beat to its
 ``tlast``, and registers its output (full rate: a beat moves whenever the output register is empty or drains).
+Each source enters it through a two-entry skid buffer whose ``tready`` is a register, so what a source decides
+in a cycle (a read's tag bookkeeping, the next write TLP) never waits on the arbitration or on RQ ``tready``.
+
+Logic depth (PCIe at 250 MHz: about 8 LUT levels per cycle): the decisions that fan out to per-tag state read
+registers - the next read's tag is picked a cycle ahead, each tag keeps a ``tag_zero`` bit beside its missing
+byte count (the retire decision reads one bit through the head-of-order mux, not a 13-bit compare), an error
+completion fails its tag from a register one cycle after its descriptor arrived, and the write side's bound on
+unacknowledged sequence numbers is a registered comparison (checked one lower in the cycle after a TLP started).
 
 Both rings are two banks of words (even and odd), so one cycle can touch any two consecutive words: a
 rotated completion beat lands in two words, an unaligned write TLP beat is read from two words.  The read
@@ -215,18 +227,28 @@ class DmaEngine(wiring.Component):
         assert len(sources) == 2
         rq = self.rq
         fields = ("tdata", "tkeep", "tlast", "tuser", "tvalid", "mark")
-        # One register per source first: a source's tready then depends on registers and RQ tready only, not
-        # on its own tvalid through the arbitration (that loop was the longest path of the engine).
+        # A two-entry skid buffer per source first: a source's tready is a register (the skid entry is empty), so
+        # nothing a source decides in a cycle waits for the arbitration or RQ tready (that loop was the longest
+        # path of the engine); a beat still moves every cycle.
         staged = []
         for i, src in enumerate(sources):
-            reg = {k: Signal.like(src[k], name=f"rq_src{i}_{k}") for k in fields}
-            reg["tready"] = Signal(name=f"rq_src{i}_taken")
-            m.d.comb += src["tready"].eq(~reg["tvalid"] | reg["tready"])
-            with m.If(src["tready"]):
-                m.d.sync += reg["tvalid"].eq(src["tvalid"])
-                with m.If(src["tvalid"]):
-                    m.d.sync += [reg[k].eq(src[k]) for k in fields if k != "tvalid"]
-            staged.append(reg)
+            main = {k: Signal.like(src[k], name=f"rq_src{i}_{k}") for k in fields}
+            skid = {k: Signal.like(src[k], name=f"rq_skid{i}_{k}") for k in fields}
+            main["tready"] = Signal(name=f"rq_src{i}_taken")
+            m.d.comb += src["tready"].eq(~skid["tvalid"])
+            take = src["tvalid"] & ~skid["tvalid"]
+            data = [k for k in fields if k != "tvalid"]
+            with m.If(main["tready"] | ~main["tvalid"]):  # the main entry empties (or was empty)
+                with m.If(skid["tvalid"]):
+                    m.d.sync += [main[k].eq(skid[k]) for k in data]
+                    m.d.sync += [main["tvalid"].eq(1), skid["tvalid"].eq(0)]
+                with m.Else():
+                    m.d.sync += main["tvalid"].eq(take)
+                    m.d.sync += [main[k].eq(src[k]) for k in data]
+            with m.Elif(take):
+                m.d.sync += [skid[k].eq(src[k]) for k in data]
+                m.d.sync += skid["tvalid"].eq(1)
+            staged.append(main)
         sources = staged
         locked = Signal()  # a TLP of `grant` is half way through
         grant = Signal()
@@ -239,7 +261,7 @@ class DmaEngine(wiring.Component):
         mark = Signal()  # the beat in the output register ends a write request
         chosen = {k: Mux(sel, sources[1][k], sources[0][k]) for k in fields}
         for i, src in enumerate(sources):
-            m.d.comb += src["tready"].eq(load & (sel == i))
+            m.d.comb += src["tready"].eq(load & (sel == i) & src["tvalid"])
         with m.If(load):
             m.d.sync += rq.tvalid.eq(chosen["tvalid"])
             with m.If(chosen["tvalid"]):
@@ -324,6 +346,7 @@ class DmaEngine(wiring.Component):
         tag_end = Array(Signal(PTR_WIDTH, name=f"tag{i}_end") for i in range(nt))
         tag_rem = Array(Signal(13, name=f"tag{i}_rem") for i in range(nt))
         tag_err = Signal(nt)
+        tag_zero = Signal(nt)  # tag_rem == 0, kept as its own register so the retire decision reads one bit
         tag_busy = Signal(nt)  # issued and not yet retired
         set_issue = Signal(nt)
         set_err = Signal(nt)
@@ -332,6 +355,7 @@ class DmaEngine(wiring.Component):
         issue_len = Signal(13)
         issue_end = Signal(PTR_WIDTH)
         cpl_rem = Signal(13)  # bytes missing after the completion that ends this cycle
+        cpl_zero = Signal()  # cpl_rem == 0
 
         # ---- accept core requests
         req_len_rounded = Signal(PTR_WIDTH)
@@ -411,13 +435,11 @@ class DmaEngine(wiring.Component):
             ]
 
         # ---- splitter, stage 2 (issue): a tag, ring space, order-FIFO room and the write fence, then RQ
+        # The next TLP's tag is chosen a cycle ahead into a register (refilled in the cycle it is used), so the
+        # per-tag updates of an issue decode a register.
         fresh = Signal(range(nt + 1))  # tags never used since reset: fresh .. nt-1
         tag = Signal(tbits)
         have_tag = Signal()
-        m.d.comb += [
-            have_tag.eq((fresh != nt) | free_fifo.r_rdy),
-            tag.eq(Mux(fresh != nt, fresh, free_fifo.r_data)),
-        ]
         space_ok = Signal()
         m.d.comb += space_ok.eq(((p_end - drain_ptr)[:PTR_WIDTH]) <= self.ring_bytes)
         # 24-bit counters: a read would have to wait for 2^23 later writes before the comparison wrapped
@@ -444,13 +466,17 @@ class DmaEngine(wiring.Component):
         with m.If(tlp_fire):
             m.d.comb += [issue_len.eq(p_chunk), issue_end.eq(p_end)]
             m.d.comb += [order_fifo.w_en.eq(1), order_fifo.w_data.eq(Cat(tag, p_last, Const(0, 1)))]
-            with m.If(fresh != nt):
-                m.d.sync += fresh.eq(fresh + 1)
-            with m.Else():
-                m.d.comb += free_fifo.r_en.eq(1)
             for i in range(nt):
                 with m.If(tag == i):
                     m.d.comb += set_issue[i].eq(1)
+        with m.If(~have_tag | tlp_fire):
+            with m.If(fresh != nt):
+                m.d.sync += [tag.eq(fresh), have_tag.eq(1), fresh.eq(fresh + 1)]
+            with m.Elif(free_fifo.r_rdy):
+                m.d.sync += [tag.eq(free_fifo.r_data), have_tag.eq(1)]
+                m.d.comb += free_fifo.r_en.eq(1)
+            with m.Else():
+                m.d.sync += have_tag.eq(0)
         with m.If(zero_fire):  # nothing to fetch: the request completes with an error (len >= 1 is required)
             m.d.comb += [order_fifo.w_en.eq(1), order_fifo.w_data.eq(Cat(Const(0, tbits), Const(1, 1), Const(1, 1)))]
 
@@ -461,6 +487,9 @@ class DmaEngine(wiring.Component):
         rc_valid = Signal()
         m.d.sync += [rc_data.eq(self.rc.tdata), rc_last.eq(self.rc.tlast), rc_valid.eq(self.rc.tvalid)]
         in_tlp = Signal()  # a multi-beat completion is being received
+        e_set = Signal()  # last cycle's completion had an error for a known tag (e_tag)
+        e_count = Signal()  # last cycle's completion had an error
+        e_tag = Signal(tbits)
         cdesc = Signal(RC_DESCRIPTOR)
         m.d.comb += cdesc.eq(rc_data[:96])
         h_tag = Signal(tbits)
@@ -517,6 +546,13 @@ class DmaEngine(wiring.Component):
                 rem_now.eq(h_rem),
             ]
 
+        m.d.sync += [e_set.eq(0), e_count.eq(0), e_tag.eq(c_tag)]
+        with m.If(e_set):
+            for i in range(nt):
+                with m.If(e_tag == i):
+                    m.d.comb += set_err[i].eq(1)
+        with m.If(e_count):
+            m.d.sync += self.rd_errors.eq(self.rd_errors + 1)
         with m.If(rc_valid):
             with m.If(~in_tlp):
                 m.d.sync += [
@@ -528,13 +564,9 @@ class DmaEngine(wiring.Component):
                     h_rem.eq(c_rem),
                     h_beat.eq(1),
                 ]
-                with m.If(c_err & c_known):
-                    for i in range(nt):
-                        with m.If(c_tag == i):
-                            m.d.comb += set_err[i].eq(1)
-                with m.If(c_err):
-                    m.d.sync += self.rd_errors.eq(self.rd_errors + 1)
-                with m.If(~c_known):
+                # an error completion fails its tag one cycle later (decided here, applied from a register)
+                m.d.sync += [e_set.eq(c_err & c_known), e_count.eq(c_err)]
+                with m.If(~c_known):  # Fault handling: a tag not outstanding, or failed: Unexpected Completion
                     m.d.sync += self.rd_unexpected.eq(self.rd_unexpected + 1)
             with m.Else():
                 m.d.sync += h_beat.eq(h_beat + 1)
@@ -550,6 +582,7 @@ class DmaEngine(wiring.Component):
         w_cpl = Signal()
         w_tag = Signal(tbits)
         w_rem = Signal(13)
+        w_zero = Signal()
         pos = Signal(PTR_WIDTH)
         m.d.comb += pos.eq(base + beat_idx * nb)
         m.d.sync += [
@@ -560,13 +593,14 @@ class DmaEngine(wiring.Component):
             w_cpl.eq(rc_valid & rc_last & ok),
             w_tag.eq(tag_now),
             w_rem.eq(rem_now),
+            w_zero.eq(rem_now == 0),
         ]
         for lane in range(nb):
             s = Signal(16, name=f"rc_s{lane}")
             m.d.comb += s.eq(beat_idx * nb + lane)
             m.d.sync += w_en[lane].eq((s >= lo) & (s < hi) & ok & rc_valid)
         with m.If(w_cpl & ~tag_err.bit_select(w_tag, 1)):
-            m.d.comb += cpl_rem.eq(w_rem)
+            m.d.comb += [cpl_rem.eq(w_rem), cpl_zero.eq(w_zero)]
             for i in range(nt):
                 with m.If(w_tag == i):
                     m.d.comb += set_cpl[i].eq(1)
@@ -599,7 +633,7 @@ class DmaEngine(wiring.Component):
         quar_expired = Signal(nt)
         for i in range(nt):
             age = Signal(range(max(age_limit, quar_limit) + 1), name=f"tag{i}_age")
-            waiting = tag_busy[i] & (tag_rem[i] != 0)
+            waiting = tag_busy[i] & ~tag_zero[i]
             with m.If(set_issue[i] | ~(waiting | tag_quar[i])):
                 m.d.sync += age.eq(0)
             with m.Elif(tick):
@@ -615,12 +649,12 @@ class DmaEngine(wiring.Component):
             m.d.sync += self.rd_timeouts.eq(self.rd_timeouts + 1)
 
         for i in range(nt):
-            with m.If(set_issue[i]):
-                m.d.sync += [tag_end[i].eq(issue_end), tag_rem[i].eq(issue_len), tag_err[i].eq(0)]
+            with m.If(set_issue[i]):  # a TLP asks for at least one byte
+                m.d.sync += [tag_end[i].eq(issue_end), tag_rem[i].eq(issue_len), tag_err[i].eq(0), tag_zero[i].eq(0)]
             with m.Elif(set_err[i]):
-                m.d.sync += [tag_rem[i].eq(0), tag_err[i].eq(1)]
+                m.d.sync += [tag_rem[i].eq(0), tag_err[i].eq(1), tag_zero[i].eq(1)]
             with m.Elif(set_cpl[i]):
-                m.d.sync += tag_rem[i].eq(cpl_rem)
+                m.d.sync += [tag_rem[i].eq(cpl_rem), tag_zero[i].eq(cpl_zero)]
         m.d.sync += tag_busy.eq((tag_busy | set_issue) & ~clr_busy)
 
         # ---- retire sub-requests in issue order; the oldest one's received prefix is what may be delivered
@@ -631,15 +665,17 @@ class DmaEngine(wiring.Component):
         head_rem = Signal(13)
         head_end = Signal(PTR_WIDTH)
         head_err = Signal()
+        head_zero = Signal()
         m.d.comb += [
             head_rem.eq(tag_rem[o_tag]),
             head_end.eq(tag_end[o_tag]),
             head_err.eq(tag_err.bit_select(o_tag, 1)),
+            head_zero.eq(tag_zero.bit_select(o_tag, 1)),
         ]
         err_acc = Signal()
         n_out = Signal(range(nt + 1))
         retire = Signal()
-        m.d.comb += retire.eq(order_fifo.r_rdy & (o_zero | (head_rem == 0)) & (err_fifo.w_rdy | ~o_last))
+        m.d.comb += retire.eq(order_fifo.r_rdy & (o_zero | head_zero) & (err_fifo.w_rdy | ~o_last))
         with m.If(order_fifo.r_rdy & ~o_zero):
             m.d.sync += avail_ptr.eq(head_end - head_rem)
         # Fault handling: a tag retired with an error goes into quarantine instead of back to the free FIFO.
@@ -783,7 +819,9 @@ class DmaEngine(wiring.Component):
                     m.d.comb += wports[b].en.eq(wr.data_keep)
             m.d.sync += wfill.eq(wfill + nb)
 
-        # ---- planner: the next TLP of the oldest job, computed while the current one is sent
+        # ---- planner: the next TLP of the oldest job, computed while the current one is sent.  Everything the
+        # sender needs per beat (beat count, last-beat keep, where the ring bytes of beat 0 start) is worked out
+        # here and registered, so the sender's per-beat decisions are registers.
         j_addr = Signal(64)
         j_len = Signal(DMA_LEN_WIDTH)
         j_base = Signal(PTR_WIDTH)
@@ -794,19 +832,34 @@ class DmaEngine(wiring.Component):
         rem = Signal(DMA_LEN_WIDTH)
         m.d.comb += rem.eq(j_len - off)
         mps = self._limit(m, self.max_payload, self.max_write_chunk, "wr_mps")
-        # Split at Max_Payload_Size-aligned boundaries (and so at 4 KiB ones): PCIe Base 2.2.7.
+        # At most Max_Payload_Size, never across 4 KiB (PCIe Base 2.2.7), and every TLP but a request's last ends
+        # on a 64-byte (cache-line) boundary: a buffer that starts off an MPS boundary takes no extra TLP.
+        to_line = Signal(13)
+        m.d.comb += to_line.eq(mps - t_addr[:6])
+        to_4k = Signal(13)
+        m.d.comb += to_4k.eq(0x1000 - t_addr[:12])
         to_bound = Signal(13)
-        m.d.comb += to_bound.eq(mps - (t_addr[:12] & (mps - 1)))
+        m.d.comb += to_bound.eq(Mux(to_4k < to_line, to_4k, to_line))
+        t_last = Signal()
+        m.d.comb += t_last.eq(rem <= to_bound)
         chunk = Signal(13)
-        m.d.comb += chunk.eq(Mux(rem < to_bound, rem, to_bound))
+        m.d.comb += chunk.eq(Mux(t_last, rem, to_bound))
+        t_dw = Signal(12)  # descriptor + payload dwords
+        m.d.comb += t_dw.eq(4 + ((t_addr[:2] + chunk + 3) >> 2))
+        t_beats = Signal(range(1 << 8))
+        m.d.comb += t_beats.eq((t_dw + dw_per_beat - 1) >> (dw_per_beat.bit_length() - 1))
 
         n_valid = Signal()
         n_addr = Signal(64)
         n_chunk = Signal(13)
         n_pos = Signal(PTR_WIDTH)
+        n_start = Signal(PTR_WIDTH)  # ring byte shown in lane 0 of beat 0: n_pos - a3 - 16 (the descriptor)
         n_data_end = Signal(PTR_WIDTH)  # n_pos + n_chunk
         n_last = Signal()
         n_job_end = Signal(PTR_WIDTH)  # ring end of the job (whole words)
+        n_beats = Signal(range(1 << 8))
+        n_keep = Signal(dw_per_beat)  # dword enables of the last beat
+        n_eop = Signal(4)  # index of the last dword within its beat (512 bits: 16 dwords)
         n_take = Signal()
         with m.If(job_fifo.r_rdy & (~n_valid | n_take)):
             m.d.sync += [
@@ -814,11 +867,15 @@ class DmaEngine(wiring.Component):
                 n_addr.eq(t_addr),
                 n_chunk.eq(chunk),
                 n_pos.eq(j_base + off),
+                n_start.eq(j_base + off - t_addr[:2] - 16),
                 n_data_end.eq(j_base + off + chunk),
-                n_last.eq(rem == chunk),
+                n_last.eq(t_last),
                 n_job_end.eq(j_base + (((j_len + nb - 1) >> nbits) << nbits)),
+                n_beats.eq(t_beats),
+                n_keep.eq(Cat((t_dw - 1)[: (dw_per_beat - 1).bit_length()] >= d for d in range(dw_per_beat))),
+                n_eop.eq(t_dw - 1),
             ]
-            with m.If(rem == chunk):
+            with m.If(t_last):
                 m.d.comb += job_fifo.r_en.eq(1)
                 m.d.sync += off.eq(0)
             with m.Else():
@@ -832,48 +889,71 @@ class DmaEngine(wiring.Component):
         m.submodules.wr_vis_fifo = vis_fifo = fifo.SyncFIFO(width=WSEQ_WIDTH, depth=32)
         seq_ok = Signal()
         if self.seq_num_tracking:
-            m.d.comb += seq_ok.eq((w_sent - w_acked)[:WSEQ_WIDTH] < MAX_UNACKED_WRITE_TLPS)
+            # Registered: computed from last cycle's counters.  If a TLP started last cycle, one more is in
+            # flight than they show, so the bound is checked one lower then; acknowledgements only help.
+            below = Signal(init=1)  # unacked < MAX_UNACKED_WRITE_TLPS
+            below1 = Signal(init=1)  # unacked < MAX_UNACKED_WRITE_TLPS - 1
+            took = Signal()
+            unacked_now = Signal(WSEQ_WIDTH)
+            m.d.comb += unacked_now.eq(w_sent - w_acked)
+            m.d.sync += [
+                below.eq(unacked_now < MAX_UNACKED_WRITE_TLPS),
+                below1.eq(unacked_now < MAX_UNACKED_WRITE_TLPS - 1),
+                took.eq(n_take),
+            ]
+            m.d.comb += seq_ok.eq(Mux(took, below1, below))
             self._seq_tracker(m, w_sent, w_acked)
         else:
             m.d.comb += seq_ok.eq(1)
 
         # ---- sender
         sending = Signal()
-        s_beat = Signal(range(1 << 8))
+        s_first = Signal()
+        s_tlast = Signal()  # the beat on offer is the TLP's last
+        s_left = Signal(range(1 << 8))  # beats left after the one on offer
         s_chunk = Signal(13)
         s_addr = Signal(64)
-        s_pos = Signal(PTR_WIDTH)
+        s_start = Signal(PTR_WIDTH)  # ring byte shown in lane 0 of the beat on offer
         s_data_end = Signal(PTR_WIDTH)
         s_last_tlp = Signal()
         s_job_end = Signal(PTR_WIDTH)
         s_seq = Signal(WSEQ_WIDTH)
-        desc, (wr_fbe, wr_lbe), dwords = self._rq_descriptor(m, s_addr, s_chunk, ReqType.MEM_WRITE, 0, "wrreq")
-        total_dw = Signal(12)
-        m.d.comb += total_dw.eq(4 + dwords)
-        s_tlast = Signal()
-        m.d.comb += s_tlast.eq(((s_beat + 1) * dw_per_beat) >= total_dw)
+        s_keep = Signal(dw_per_beat)
+        s_eop = Signal(4)
+        desc, (wr_fbe, wr_lbe), _ = self._rq_descriptor(m, s_addr, s_chunk, ReqType.MEM_WRITE, 0, "wrreq")
+        s_move = Signal()
+        m.d.comb += s_move.eq(sending & rq["tready"])
         s_end = Signal()
-        m.d.comb += s_end.eq(sending & rq["tready"] & s_tlast)
+        m.d.comb += s_end.eq(s_move & s_tlast)
         n_present = Signal()
         m.d.comb += n_present.eq(((wfill - n_data_end)[:PTR_WIDTH]).as_signed() >= 0)
         m.d.comb += n_take.eq(n_valid & n_present & seq_ok & (~n_last | vis_fifo.w_rdy) & (~sending | s_end))
-        with m.If(sending & rq["tready"]):
-            m.d.sync += s_beat.eq(s_beat + 1)
         with m.If(n_take):
             m.d.sync += [
                 sending.eq(1),
-                s_beat.eq(0),
+                s_first.eq(1),
+                s_tlast.eq(n_beats == 1),
+                s_left.eq(n_beats - 1),
                 s_chunk.eq(n_chunk),
                 s_addr.eq(n_addr),
-                s_pos.eq(n_pos),
+                s_start.eq(n_start),
                 s_data_end.eq(n_data_end),
                 s_last_tlp.eq(n_last),
                 s_job_end.eq(n_job_end),
                 s_seq.eq(w_sent),
+                s_keep.eq(n_keep),
+                s_eop.eq(n_eop),
                 w_sent.eq(w_sent + 1),
             ]
         with m.Elif(s_end):
             m.d.sync += sending.eq(0)
+        with m.Elif(s_move):
+            m.d.sync += [
+                s_first.eq(0),
+                s_tlast.eq(s_left == 1),
+                s_left.eq(s_left - 1),
+                s_start.eq(s_start + nb),
+            ]
         with m.If(s_end):
             with m.If(s_last_tlp):
                 m.d.sync += wfree.eq(s_job_end)
@@ -881,15 +961,13 @@ class DmaEngine(wiring.Component):
             with m.Else():
                 m.d.sync += wfree.eq(Cat(Const(0, nbits), s_data_end[nbits:]))
 
-        # beat j shows ring bytes starting at s_pos - a3 - 16 + j*nb
-        start = Signal(PTR_WIDTH)
-        m.d.comb += start.eq(s_pos - s_addr[:2] - 16 + s_beat * nb)
+        # beat j shows ring bytes starting at s_pos - a3 - 16 + j*nb (s_start)
         k = Signal(word_bits)
-        m.d.comb += k.eq(start[nbits:])
+        m.d.comb += k.eq(s_start[nbits:])
         k1 = Signal(word_bits)
         m.d.comb += k1.eq(k + 1)
         r = Signal(range(nb))
-        m.d.comb += r.eq(start[:nbits])
+        m.d.comb += r.eq(s_start[:nbits])
         for b in range(2):
             m.d.comb += rports[b].addr.eq(Mux(k[0] == b, k[1:], k1[1:]))
         lo_word = Signal(self.data_width)
@@ -902,18 +980,13 @@ class DmaEngine(wiring.Component):
         m.d.comb += payload.eq(Cat(lo_word, hi_word).bit_select(r * 8, self.data_width))
         beat_data = Signal(self.data_width)
         m.d.comb += beat_data.eq(payload)
-        with m.If(s_beat == 0):
+        with m.If(s_first):
             m.d.comb += beat_data[:128].eq(desc.as_value())
         m.d.comb += [rq["tvalid"].eq(sending), rq["tdata"].eq(beat_data), rq["tlast"].eq(s_tlast)]
         m.d.comb += rq["mark"].eq(s_tlast & s_last_tlp)
-        eop_ptr = Signal(4)
-        m.d.comb += eop_ptr.eq(total_dw - 1)  # index of the last dword within its beat (512 bits: 16 dwords)
         seq_wire = Cat(s_seq[:5], Const(1, 1)) if self.seq_num_tracking else Const(0, 6)
-        m.d.comb += rq["tuser"].eq(
-            rq_tuser(self.data_width, wr_fbe, wr_lbe, s_beat == 0, rq["tlast"], eop_ptr, seq_wire)
-        )
-        for d in range(dw_per_beat):
-            m.d.comb += rq["tkeep"][d].eq(s_beat * dw_per_beat + d < total_dw)
+        m.d.comb += rq["tuser"].eq(rq_tuser(self.data_width, wr_fbe, wr_lbe, s_first, rq["tlast"], s_eop, seq_wire))
+        m.d.comb += rq["tkeep"].eq(Mux(s_tlast, s_keep, (1 << dw_per_beat) - 1))
 
         # ---- visible: one pulse per request, in order, once its last TLP's sequence number came back
         v_idx = Signal(WSEQ_WIDTH)
