@@ -62,6 +62,21 @@ class Env:
         """Assume ``value`` never changes (a queue's configuration while the harness runs)."""
         self.assume(self.first | (Value.cast(value) == self.prev(value, name)))
 
+    def stable_while(self, value, cond, name: str) -> None:
+        """Assume ``value`` keeps its value in a cycle after one where ``cond`` held."""
+        was = self.prev(cond, f"{name}_cond")
+        self.assume(~was | (Value.cast(value) == self.prev(value, name)))
+
+    def upstream_dead_after_error(self, s, clear, name: str) -> None:
+        """Assume the chain parser's guarantee (proven as ``chain.dead_after_error``): after a segment with
+        ``error`` nothing more arrives until ``clear``."""
+        dead = Signal(reset_less=True, name=f"{name}_dead")
+        with self.m.If(clear):
+            self.m.d.sync += dead.eq(0)
+        with self.m.Elif(s.valid & s.ready & s.payload.error):
+            self.m.d.sync += dead.eq(1)
+        self.assume(~(dead & s.valid))
+
     def stream_rules(self, s, *, check: bool, name: str = "s", reset=None) -> None:
         """Once ``valid`` is up it stays up with the same payload until ``ready`` (amaranth.lib.stream rules).
 

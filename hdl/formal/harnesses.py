@@ -37,6 +37,7 @@ class Harness(Elaboratable):
     mutations: tuple[str, ...] = ()
 
     def __init__(self, check: str, mutation: str | None = None) -> None:
+        self._MustUse__silence = True  # a harness is often built only to be listed or refused, never elaborated
         if check not in self.checks:
             raise ValueError(f"{type(self).__name__} has no check {check!r} (has {', '.join(self.checks)})")
         if mutation is not None and mutation not in self.mutations:
@@ -209,6 +210,7 @@ class TxMoverHarness(Harness):
         seg = dut.segs.payload
         env.assume(seg.len[16:] == 0)  # the parser's frame limit keeps a TX buffer below 64 KiB
         env.assume(~seg.error | seg.last)  # the parser ends a chain at its error segment
+        env.upstream_dead_after_error(dut.segs, dut.clear, "segs")
         # The checked port: the stage's read request, with the planted bug applied if asked.
         req_addr = Signal(64)
         m.d.comb += req_addr.eq(dut.rd.req.payload.addr + (1 if self.mutation == "read_addr_off" else 0))
@@ -241,16 +243,17 @@ class TxMoverHarness(Harness):
             m.submodules.ends = ends
             hand = dut.segs.valid & dut.segs.ready & seg.last
             m.d.comb += [ends.w_en.eq(hand), ends.w_data.eq(issued + (req.valid & req.ready))]
-            used_fire = dut.used.valid & dut.used.ready
-            m.d.comb += ends.r_en.eq(used_fire)
+            # checked when an element appears (it may then wait on ready, and outlive a clear: see README)
+            appears = dut.used.valid & ~env.prev(dut.used.valid & ~dut.used.ready, "used_held")[0]
+            m.d.comb += ends.r_en.eq(appears)
             behind = Signal(8)
             m.d.comb += behind.eq(ends.r_data - done_reads)
             env.check(~hand | ends.w_rdy, "more chains in flight than the harness tracks")
             env.check(
-                ~(used_fire & ~dut.used.payload.error) | (ends.r_rdy & (behind[7] | (behind == 0))),
+                ~(appears & ~dut.used.payload.error) | (ends.r_rdy & (behind[7] | (behind == 0))),
                 "a used element before the reads of its chain completed",
             )
-            env.reach(used_fire & ~dut.used.payload.error)
+            env.reach(appears & ~dut.used.payload.error)
 
 
 # ============================================ RxDataMover ================================================
@@ -292,9 +295,12 @@ class RxMoverHarness(Harness):
         env.free(rx.full, rx.frame_len, ext.busy, ext.valid, ext.data, ext.keep, ext.last)
         env.free(dut.run, dut.clear, dut.discard, dut.used.ready)
         env.free_stream_in(dut.segs)
-        env.stable(rx.frame_len, "frame_len")  # one stored frame's length, fixed while the harness runs
+        # the frame buffer's contract: a stored frame (full) stays, with its length, until consumed
+        env.stable_while(rx.frame_len, rx.full & ~rx.consume, "frame_len")
+        env.assume(~env.prev(rx.full & ~rx.consume, "rx_full")[0] | rx.full)
         seg = dut.segs.payload
         env.assume(~seg.error | seg.last)  # the parser ends a chain at its error segment
+        env.upstream_dead_after_error(dut.segs, dut.clear, "segs")
         owed, _ = env.write_acceptor(dut.wr, 4)
         env.assume(~dut.clear | (dut.idle & (owed == 0) & ~dut.run))
         wlen = Signal(17)
@@ -436,10 +442,7 @@ class ReadMuxHarness(Harness):
             match = 0
             for c in cl:
                 match = match | (
-                    c.req.ready
-                    & c.req.valid
-                    & (c.req.payload.addr == d.req_addr)
-                    & (c.req.payload.len == d.req_len)
+                    c.req.ready & c.req.valid & (c.req.payload.addr == d.req_addr) & (c.req.payload.len == d.req_len)
                 )
             m.d.comb += ok.eq(~(d.req_valid & d.req_ready) | ((ones == 1) & match))
             env.check(ok, "a DMA read request that is not one client's request, unchanged")
@@ -504,9 +507,7 @@ class WriteMuxHarness(Harness):
                 m.d.sync += owing.eq(0)
             src = Mux(owner, Value.cast(cl[1].data.payload.data), Value.cast(cl[0].data.payload.data))
             env.check(~d.data_valid | (owing & (d.data == src)), "a write beat not from the client being served")
-            env.check(
-                ~(d.req_valid & d.req_ready) | ~owing | ending, "a new write request while beats are owed"
-            )
+            env.check(~(d.req_valid & d.req_ready) | ~owing | ending, "a new write request while beats are owed")
             env.reach(d.data_valid & d.data_ready & d.data_last & owner)
         if self.want("done_routing"):
             order = fifo.SyncFIFO(width=1, depth=8)

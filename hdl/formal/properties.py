@@ -24,7 +24,7 @@ class Property:
     make: Callable[[str | None], Elaboratable] = field(repr=False)
     k: int = 6
     depth: int = 12
-    ci: bool = True
+    ci: bool = False
     planted: str | None = None  # mutation that must fail it (see hdl.formal.harnesses)
 
 
@@ -42,7 +42,14 @@ PROPERTIES: list[Property] = [
         h.FetcherHarness,
         "ring_bounds",
     ),
-    _p("fetch.run_gate", "DescFetcher", "no ring read while the queue is not running", h.FetcherHarness, "run_gate"),
+    _p(
+        "fetch.run_gate",
+        "DescFetcher",
+        "no ring read while the queue is not running",
+        h.FetcherHarness,
+        "run_gate",
+        ci=True,
+    ),
     _p(
         "fetch.quiet_after_clear",
         "DescFetcher",
@@ -64,6 +71,7 @@ PROPERTIES: list[Property] = [
         "the descriptor stream keeps valid and payload until taken",
         h.FetcherHarness,
         "descs_stream",
+        depth=10,
     ),
     # ---- ChainParser: what reaches the data movers obeys the descriptor rules
     _p(
@@ -72,6 +80,7 @@ PROPERTIES: list[Property] = [
         "a transmit segment without error has a length and stays within header + MAX_FRAME_LEN",
         h.ChainHarness,
         "segment_rules",
+        ci=True,
     ),
     _p(
         "chain.rx_segment_rules",
@@ -80,6 +89,7 @@ PROPERTIES: list[Property] = [
         h.ChainHarness,
         "segment_rules",
         opts={"device_writes": True},
+        ci=True,
     ),
     _p(
         "chain.count_bound",
@@ -95,7 +105,14 @@ PROPERTIES: list[Property] = [
         h.ChainHarness,
         "dead_after_error",
     ),
-    _p("chain.segs_stream", "ChainParser(tx)", "the segment stream obeys the stream rules", h.ChainHarness, "segs_stream"),
+    _p(
+        "chain.segs_stream",
+        "ChainParser(tx)",
+        "the segment stream obeys the stream rules",
+        h.ChainHarness,
+        "segs_stream",
+        ci=True,
+    ),
     # ---- TxDataMover: reads only the buffers it was given, used only after their data
     _p(
         "tx.read_in_segment",
@@ -104,15 +121,23 @@ PROPERTIES: list[Property] = [
         h.TxMoverHarness,
         "read_in_segment",
         planted="read_addr_off",
+        ci=True,
     ),
-    _p("tx.run_gate", "TxDataMover", "no buffer read while the queue is not running", h.TxMoverHarness, "run_gate"),
+    _p(
+        "tx.run_gate",
+        "TxDataMover",
+        "no buffer read while the queue is not running",
+        h.TxMoverHarness,
+        "run_gate",
+        ci=True,
+    ),
     _p(
         "tx.used_after_data",
         "TxDataMover",
         "a used element only after every read of its chain completed",
         h.TxMoverHarness,
         "used_after_data",
-        ci=False,
+        depth=9,
     ),
     # ---- RxDataMover: writes only inside the buffers it was given
     _p(
@@ -129,6 +154,7 @@ PROPERTIES: list[Property] = [
         "after a reset no receive write until the queue runs again",
         h.RxMoverHarness,
         "quiet_after_clear",
+        ci=True,
     ),
     _p(
         "rx.used_len_bound",
@@ -136,7 +162,7 @@ PROPERTIES: list[Property] = [
         "a used length never exceeds the chain's buffer bytes; id and count are the chain's",
         h.RxMoverHarness,
         "used_len_bound",
-        ci=False,
+        depth=8,
     ),
     _p(
         "rx.used_after_data",
@@ -154,14 +180,20 @@ PROPERTIES: list[Property] = [
         "ring_slots",
         planted="one_slot_off",
     ),
-    _p("used.published_in_ring", "UsedWriter", "the published used index is below the size", h.UsedHarness,
-       "published_in_ring"),  # fmt: skip
+    _p(
+        "used.published_in_ring",
+        "UsedWriter",
+        "the published used index is below the size",
+        h.UsedHarness,
+        "published_in_ring",
+    ),  # fmt: skip
     _p(
         "used.quiet_after_clear",
         "UsedWriter",
         "after a reset no used write until the queue runs again",
         h.UsedHarness,
         "quiet_after_clear",
+        ci=True,
     ),
     _p(
         "used.quiet_after_error",
@@ -177,6 +209,7 @@ PROPERTIES: list[Property] = [
         "each DMA read request is exactly one client's request, unchanged",
         h.ReadMuxHarness,
         "req_passthrough",
+        ci=True,
     ),
     _p(
         "rdmux.resp_routing",
@@ -191,6 +224,7 @@ PROPERTIES: list[Property] = [
         "each DMA write request is exactly one client's request, unchanged",
         h.WriteMuxHarness,
         "req_passthrough",
+        ci=True,
     ),
     _p(
         "wrmux.beats_follow_request",

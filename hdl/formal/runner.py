@@ -125,22 +125,27 @@ def _sby(workdir: Path, task: str, mode: str, depth: int, env: dict[str, str], t
     return status, log
 
 
-_FAILED = re.compile(r"failed assertion \S+ at (\S+?)(?: step (\d+))?$", re.M)
+_FAILED = re.compile(r"failed assertion \S+ at (\S+?)(?: step (\d+))?$")
 _TRACE = re.compile(r"counterexample trace(?: \[(\w+)\])?: (\S+)")
 _REACHED = re.compile(r"reached cover statement .* step (\d+)", re.M | re.I)
 
 
 def _failure(log: str, workdir: Path) -> tuple[str | None, int | None, str | None]:
-    where = step = trace = None
-    for m in _FAILED.finditer(log):
-        if m.group(2) is not None:  # the basecase (real) counterexample has a step
-            where, step = m.group(1), int(m.group(2))
-            break
-    for m in _TRACE.finditer(log):
-        if m.group(1) in (None, "basecase"):
-            trace = str((workdir / m.group(2)).resolve())
-            break
-    return where, step, trace
+    """(assertion source location, step, trace path) of the real counterexample (not the induction one).
+
+    sby's summary lists each trace followed by the assertion it violates (the step is left out for step 0).
+    """
+    section = None
+    for line in log.splitlines():
+        text = line.split("summary: ", 1)[-1].strip()
+        trace = _TRACE.match(text)
+        if trace:
+            section = (trace.group(1) or "basecase", str((workdir / trace.group(2)).resolve()))
+            continue
+        failed = _FAILED.match(text)
+        if failed and section is not None and section[0] == "basecase":
+            return failed.group(1), int(failed.group(2) or 0), section[1]
+    return None, None, None
 
 
 def run_property(
@@ -181,7 +186,9 @@ def run_property(
             res.reached = int(found.group(1)) if found else None
             if status != "PASS" or found is None:
                 res.status = "error"
-                res.message = f"cover point not reached within {prop.depth} cycles ({status}): the check would be vacuous"
+                res.message = (
+                    f"cover point not reached within {prop.depth} cycles ({status}): the check would be vacuous"
+                )
     except FormalToolMissing as exc:
         res.message = str(exc)
     except Exception as exc:  # a harness that does not build is a reportable error, not a crash of the run
