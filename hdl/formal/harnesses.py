@@ -418,63 +418,96 @@ class UsedHarness(Harness):
 
 
 # ============================================ DMA muxes ==================================================
+# Written without assuming how many cycles the mux takes (register slices may sit on any path): scoreboards
+# remember what each client handed over, and what reaches the DMA port (or comes back from it) must be the
+# oldest thing some client handed over, unchanged, in that client's order.
+
+
+def _scoreboard(m: Module, env: Env, name: str, width: int, push, value, depth: int = 3):
+    """A FIFO of what a client handed over; returns (consume, candidate, has): ``candidate`` is the oldest
+    entry, or the value handed over in this very cycle when the FIFO is empty (a mux that passes it straight
+    through); driving ``consume`` takes the candidate (the same-cycle value is then never stored)."""
+    q = fifo.SyncFIFO(width=width, depth=depth)
+    m.submodules[name] = q
+    consume = Signal(name=f"{name}_consume")
+    m.d.comb += [
+        q.w_en.eq(push & ~(consume & ~q.r_rdy)),
+        q.w_data.eq(value),
+        q.r_en.eq(consume & q.r_rdy),
+    ]
+    env.check(~push | q.w_rdy, f"{name}: the mux holds more than the harness tracks")
+    candidate = Mux(q.r_rdy, q.r_data, value)
+    has = q.r_rdy | push
+    return consume, candidate, has
+
+
+def _match_requests(m: Module, env: Env, cl, req_fire, req_word, name: str):
+    """Per-client request scoreboards; returns (matched any, index of the matched client)."""
+    boards = []
+    for i, c in enumerate(cl):
+        word = Cat(c.req.payload.addr, c.req.payload.len)
+        _consume, cand, has = _scoreboard(m, env, f"{name}_req{i}", len(word), c.req.valid & c.req.ready, word)
+        boards.append((_consume, cand, has))
+    idx = Signal(range(len(cl)), name=f"{name}_match")
+    any_match = Signal(name=f"{name}_matched")
+    for i in reversed(range(len(cl))):
+        _consume, cand, has = boards[i]
+        with m.If(has & (cand == req_word)):
+            m.d.comb += [idx.eq(i), any_match.eq(1)]
+    for i, (consume, _cand, _has) in enumerate(boards):
+        m.d.comb += consume.eq(req_fire & any_match & (idx == i))
+    return any_match, idx, boards
+
+
 class ReadMuxHarness(Harness):
     """``ReadMux`` of three clients: requests pass unchanged, data returns to the client that asked."""
 
-    checks = ("req_passthrough", "resp_routing")
+    checks = ("req_integrity", "resp_routing")
 
     def build(self, m: Module, env: Env) -> None:
         n = 3
         m.submodules.dut = dut = ReadMux(n, 128, depth=4)
         cl = dut.clients()
-        for c in cl:
+        for i, c in enumerate(cl):
             env.free(c.req.valid, c.req.payload, c.resp.ready)
-            env.stream_rules(c.req, check=False, name=f"c{cl.index(c)}_req")
+            env.stream_rules(c.req, check=False, name=f"c{i}_req")
         d = dut.dma
         env.free(d.req_ready, d.data_valid, d.data, d.data_keep, d.data_last, d.error)
-        # the DMA port: data only for requests it accepted (one beat each is enough for routing)
-        inflight = env.pulse_counter(4, d.req_valid & d.req_ready, d.data_valid & d.data_ready & d.data_last, "rd")
+        dfire = d.req_valid & d.req_ready
+        dbeat = d.data_valid & d.data_ready
+        # the DMA port: data only for requests it accepted
+        inflight = env.pulse_counter(4, dfire, dbeat & d.data_last, "rd")
         env.assume(~d.data_valid | (inflight != 0))
         env.assume(~d.req_ready | (inflight < 6))
-        if self.want("req_passthrough"):
-            ok = Signal()
-            ones = sum(c.req.ready for c in cl)
-            match = 0
-            for c in cl:
-                match = match | (
-                    c.req.ready & c.req.valid & (c.req.payload.addr == d.req_addr) & (c.req.payload.len == d.req_len)
-                )
-            m.d.comb += ok.eq(~(d.req_valid & d.req_ready) | ((ones == 1) & match))
-            env.check(ok, "a DMA read request that is not one client's request, unchanged")
-            for c in cl:
-                env.check(~c.req.ready | (d.req_valid & d.req_ready), "a client request taken but not issued")
-            env.reach(cl[2].req.ready)
+        matched, idx, _ = _match_requests(m, env, cl, dfire, Cat(d.req_addr, d.req_len), "rd")
+        if self.want("req_integrity"):
+            env.check(~dfire | matched, "a DMA read request that is not a client's oldest request, unchanged")
+            env.reach(dfire & (idx == 2))
         if self.want("resp_routing"):
-            order = fifo.SyncFIFO(width=2, depth=8)
-            m.submodules.order = order
-            grant = Signal(2)
+            order, who, has_order = _scoreboard(m, env, "rd_order", 2, dfire, idx, depth=8)
+            beats, beat, has_beat = _scoreboard(m, env, "rd_beats", 129, dbeat, Cat(d.data, d.data_last), 4)
+            got_any = 0
             for i, c in enumerate(cl):
-                with m.If(c.req.ready):
-                    m.d.comb += grant.eq(i)
-            m.d.comb += [order.w_en.eq(d.req_valid & d.req_ready), order.w_data.eq(grant)]
-            m.d.comb += order.r_en.eq(d.data_valid & d.data_ready & d.data_last)
-            for i, c in enumerate(cl):
+                take = c.resp.valid & c.resp.ready
+                got_any = got_any | take
+                env.check(~c.resp.valid | (has_order & (who == i)), f"read data offered to client {i} out of turn")
                 env.check(
-                    ~c.resp.valid
-                    | (order.r_rdy & (order.r_data == i) & d.data_valid & (c.resp.payload.data == d.data)),
-                    f"read data delivered to client {i} for another client's request",
+                    ~take | (has_beat & (Cat(c.resp.payload.data, c.resp.payload.last) == beat)),
+                    f"read data given to client {i} that is not the next beat from the DMA port, unchanged",
                 )
-            env.check(
-                ~(d.data_valid & d.data_ready) | (sum(c.resp.valid & c.resp.ready for c in cl) == 1),
-                "read data taken from the DMA port but given to no client",
-            )
-            env.reach(cl[2].resp.valid & cl[2].resp.ready)
+            taken = Signal()
+            last_taken = Signal()
+            for c in cl:
+                with m.If(c.resp.valid & c.resp.ready):
+                    m.d.comb += [taken.eq(1), last_taken.eq(c.resp.payload.last)]
+            m.d.comb += [beats.eq(taken), order.eq(last_taken)]
+            env.reach(cl[2].resp.valid & cl[2].resp.ready & cl[2].resp.payload.last)
 
 
 class WriteMuxHarness(Harness):
     """``WriteMux`` of two clients: a request's beats follow it unmixed, done goes back to its client."""
 
-    checks = ("req_passthrough", "beats_follow_request", "done_routing")
+    checks = ("req_integrity", "beats_follow_request", "done_routing")
 
     def build(self, m: Module, env: Env) -> None:
         n = 2
@@ -486,34 +519,37 @@ class WriteMuxHarness(Harness):
             env.stream_rules(c.data, check=False, name=f"c{i}_data")
         d = dut.dma
         env.free(d.req_ready, d.data_ready, d.done)
-        issued = env.pulse_counter(4, d.req_valid & d.req_ready, d.done, "wr")
+        dfire = d.req_valid & d.req_ready
+        dbeat = d.data_valid & d.data_ready
+        issued = env.pulse_counter(4, dfire, d.done, "wr")
         env.assume(~d.done | (issued != 0))
         env.assume(~d.req_ready | (issued < 6))
-        if self.want("req_passthrough"):
-            match = 0
-            for c in cl:
-                match = match | (c.req.ready & c.req.valid & (c.req.payload.addr == d.req_addr))
-            ones = sum(c.req.ready for c in cl)
-            env.check(~(d.req_valid & d.req_ready) | ((ones == 1) & match), "a write request not passed unchanged")
-            env.reach(cl[1].req.ready)
+        matched, idx, _ = _match_requests(m, env, cl, dfire, Cat(d.req_addr, d.req_len), "wr")
+        if self.want("req_integrity"):
+            env.check(~dfire | matched, "a DMA write request that is not a client's oldest request, unchanged")
+            env.reach(dfire & (idx == 1))
         if self.want("beats_follow_request"):
-            owner = Signal(1, reset_less=True)
-            owing = Signal(reset_less=True)
+            # beats on the DMA port: those of the oldest request whose beats are not all out, from its client
+            order, who, has_order = _scoreboard(m, env, "wr_order", 1, dfire, idx, depth=6)
+            boards = []
             for i, c in enumerate(cl):
-                with m.If(c.req.ready):
-                    m.d.sync += [owner.eq(i), owing.eq(1)]
-            ending = d.data_valid & d.data_ready & d.data_last
-            with m.If(ending & ~(d.req_valid & d.req_ready)):
-                m.d.sync += owing.eq(0)
-            src = Mux(owner, Value.cast(cl[1].data.payload.data), Value.cast(cl[0].data.payload.data))
-            env.check(~d.data_valid | (owing & (d.data == src)), "a write beat not from the client being served")
-            env.check(~(d.req_valid & d.req_ready) | ~owing | ending, "a new write request while beats are owed")
-            env.reach(d.data_valid & d.data_ready & d.data_last & owner)
+                word = Cat(c.data.payload.data, c.data.payload.last)
+                boards.append(_scoreboard(m, env, f"wr_beats{i}", len(word), c.data.valid & c.data.ready, word, 6))
+            out = Cat(d.data, d.data_last)
+            ok = 0
+            for i, (consume, cand, has) in enumerate(boards):
+                ok = ok | ((who == i) & has & (cand == out))
+                m.d.comb += consume.eq(dbeat & (who == i))
+            m.d.comb += order.eq(dbeat & d.data_last)
+            env.check(~dbeat | (has_order & ok), "a write beat that is not the next beat of the oldest write")
+            env.reach(dbeat & d.data_last & (who == 1))
         if self.want("done_routing"):
-            order = fifo.SyncFIFO(width=1, depth=8)
-            m.submodules.order = order
-            m.d.comb += [order.w_en.eq(d.req_valid & d.req_ready), order.w_data.eq(cl[1].req.ready)]
-            m.d.comb += order.r_en.eq(d.done)
+            order, who, has_order = _scoreboard(m, env, "wr_order", 1, dfire, idx, depth=6)
+            m.d.comb += order.eq(d.done)
             for i, c in enumerate(cl):
-                env.check(c.done == (d.done & (order.r_data == i)), f"a done pulse routed to the wrong client ({i})")
+                # done pulses owed to client i (its write's done came from the DMA port, not yet passed on)
+                owed = Signal(4, reset_less=True, name=f"done_owed{i}")
+                now = d.done & has_order & (who == i)
+                m.d.sync += owed.eq(owed + now - c.done)
+                env.check(~c.done | (owed != 0) | now, f"a done pulse to client {i} for no write of its own")
             env.reach(cl[1].done)
