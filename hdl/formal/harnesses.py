@@ -442,11 +442,17 @@ def _scoreboard(m: Module, env: Env, name: str, width: int, push, value, depth: 
 
 
 def _match_requests(m: Module, env: Env, cl, req_fire, req_word, name: str):
-    """Per-client request scoreboards; returns (matched any, index of the matched client)."""
+    """Per-client request scoreboards; returns (matched any, index of the matched client).
+
+    Each client's addresses carry its index in bits 62-63 (assumed): a mux routes by order, never by address,
+    so this loses nothing, and it tells apart two clients that ask for the same bytes (which else could not
+    be attributed from the port).
+    """
     boards = []
     for i, c in enumerate(cl):
+        env.assume(c.req.payload.addr[62:64] == i)
         word = Cat(c.req.payload.addr, c.req.payload.len)
-        _consume, cand, has = _scoreboard(m, env, f"{name}_req{i}", len(word), c.req.valid & c.req.ready, word)
+        _consume, cand, has = _scoreboard(m, env, f"{name}_req{i}", len(word), c.req.valid & c.req.ready, word, 4)
         boards.append((_consume, cand, has))
     idx = Signal(range(len(cl)), name=f"{name}_match")
     any_match = Signal(name=f"{name}_matched")
