@@ -241,8 +241,11 @@ class RxFrameBuffer(Elaboratable):
 
     A frame is dropped (never reaches the ring) if ``accept`` is low when it starts (queue not running),
     if it is marked bad (``user`` on its last beat), empty, or longer than ``MAX_FRAME_LEN``.  While both
-    banks hold frames for the engine the next one is back-pressured.  ``full``/``frame_len`` describe the
-    oldest stored frame; ``consume`` frees its bank.
+    banks hold frames for the engine the next one is back-pressured.  ``full``/``frame_len``/``frame_bytes``
+    describe the oldest stored frame; ``consume`` frees its bank.
+
+    Each beat is registered as it arrives (``rx_ready`` comes from registers only) together with its byte
+    count, so the frame-length arithmetic and the drop decisions of the next cycle start from flip-flops.
     """
 
     def __init__(self, row_width: int, in_width: int = 64) -> None:
@@ -256,6 +259,8 @@ class RxFrameBuffer(Elaboratable):
         self.accept = Signal()
         self.full = Signal()
         self.frame_len = Signal(range(device_map.MAX_FRAME_LEN + 1))
+        #: ``frame_len`` + the virtio_net_hdr: the bytes the engine writes into the ring for this frame.
+        self.frame_bytes = Signal(range(BUFFER_BYTES + 1))
         self.consume = Signal()
         self.abort = Signal()
         self.dropped = Signal(16)  # frames dropped, for statistics and tests
@@ -274,6 +279,7 @@ class RxFrameBuffer(Elaboratable):
         app = self.appender
         full = Signal(BANKS)
         lengths = [Signal(len(self.frame_len), name=f"len{i}") for i in range(BANKS)]
+        totals = [Signal(len(self.frame_bytes), name=f"total{i}") for i in range(BANKS)]
         wbank = Signal(range(BANKS))
         rbank = Signal(range(BANKS))
         in_frame = Signal()
@@ -281,20 +287,38 @@ class RxFrameBuffer(Elaboratable):
         stored = Signal()  # frame complete; its last partial row is flushed in the next cycle
         in_bytes = self.in_width // 8
         length = Signal(range(device_map.MAX_FRAME_LEN + in_bytes + 1))
+        # The input register: one beat and its byte count.
+        in_valid = Signal()
+        in_data = Signal(self.in_width)
+        in_keep = Signal(in_bytes)
+        in_last = Signal()
+        in_user = Signal()
         nbytes = Signal(range(in_bytes + 1))
+        beat = Signal()  # the registered beat is taken this cycle
         m.d.comb += [
-            nbytes.eq(packed_keep_bytes(self.rx_keep)),
+            beat.eq(in_valid & ~stored & ~full.bit_select(wbank, 1)),
+            self.rx_ready.eq(~in_valid | (~stored & ~full.bit_select(wbank, 1))),
+        ]
+        with m.If(self.rx_ready):
+            m.d.sync += [
+                in_valid.eq(self.rx_valid),
+                in_data.eq(self.rx_data),
+                in_keep.eq(self.rx_keep),
+                in_last.eq(self.rx_last),
+                in_user.eq(self.rx_user),
+                nbytes.eq(packed_keep_bytes(self.rx_keep)),
+            ]
+        m.d.comb += [
             app.init_pos.eq(HDR_BYTES),
-            app.data.eq(self.rx_data),
+            app.data.eq(in_data),
             app.nbytes.eq(nbytes),
-            app.keep.eq(self.rx_keep),
+            app.keep.eq(in_keep),
             app.base_row.eq(wbank * self.rows),
             self.extractor.base_row.eq(rbank * self.rows),
-            self.rx_ready.eq(~stored & ~full.bit_select(wbank, 1)),
             self.full.eq(full.bit_select(rbank, 1)),
             self.frame_len.eq(Array(lengths)[rbank]),
+            self.frame_bytes.eq(Array(totals)[rbank]),
         ]
-        beat = self.rx_valid & self.rx_ready
         drop = Mux(in_frame, dropping, ~self.accept)
         new_len = length + nbytes
         too_big = new_len > device_map.MAX_FRAME_LEN
@@ -302,13 +326,17 @@ class RxFrameBuffer(Elaboratable):
         clear_full = Signal(BANKS)
         with m.If(beat):
             m.d.comb += app.valid.eq(~drop & ~too_big)
-            with m.If(self.rx_last):
+            with m.If(in_last):
                 m.d.sync += [in_frame.eq(0), dropping.eq(0), length.eq(0)]
-                with m.If(drop | too_big | self.rx_user | (new_len == 0)):
+                with m.If(drop | too_big | in_user | (new_len == 0)):
                     m.d.comb += app.restart.eq(1)
                     m.d.sync += self.dropped.eq(self.dropped + 1)
                 with m.Else():
-                    m.d.sync += [stored.eq(1), Array(lengths)[wbank].eq(new_len)]
+                    m.d.sync += [
+                        stored.eq(1),
+                        Array(lengths)[wbank].eq(new_len),
+                        Array(totals)[wbank].eq(new_len + HDR_BYTES),
+                    ]
             with m.Else():
                 m.d.sync += [in_frame.eq(1), dropping.eq(drop | too_big), length.eq(new_len)]
         # The bank is handed to the reader once its last row is in the memory (the appender writes late).
@@ -336,6 +364,6 @@ class RxFrameBuffer(Elaboratable):
                 *(p.eq(0) for p in published),
                 wbank.eq(0),
                 rbank.eq(0),
-                dropping.eq(in_frame | (beat & ~self.rx_last)),
+                dropping.eq(in_frame | (beat & ~in_last)),
             ]
         return m

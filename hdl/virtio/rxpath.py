@@ -15,7 +15,8 @@ from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hdl.virtio.framebuf import BUFFER_BYTES, HDR_BYTES, RxFrameBuffer
+from hdl.virtio.framebuf import BUFFER_BYTES, RxFrameBuffer
+from hdl.virtio.skid import SkidBuffer
 from hdl.virtio.stream_types import SEGMENT, USED, WriteClient
 
 
@@ -42,14 +43,23 @@ class RxDataMover(wiring.Component):
         m = Module()
         rx = self.rxbuf
         ext = rx.extractor
-        seg = self.segs.payload
+        # Segments from the parser land in a skid buffer: ``segs.ready`` is a register, and the segment the
+        # decisions below look at is one (its length compares start from flip-flops).
+        m.submodules.seg_in = seg_in = SkidBuffer(SEGMENT)
+        wiring.connect(m, wiring.flipped(self.segs), seg_in.i)
+        m.d.comb += seg_in.clear.eq(self.clear)
+        seg = seg_in.o.payload
+        seg_valid = seg_in.o.valid
         byte_pos = Signal(range(BUFFER_BYTES + 1))
         remaining = Signal(range(BUFFER_BYTES + 1))
         fresh = Signal(init=1)  # no byte of the current frame written yet
+        all_written = Signal()  # not fresh, and no byte of the frame left (kept as a register: no compare here)
         cur_rem = Signal(range(BUFFER_BYTES + 1))
-        m.d.comb += cur_rem.eq(Mux(fresh, rx.frame_len + HDR_BYTES, remaining))
+        m.d.comb += cur_rem.eq(Mux(fresh, rx.frame_bytes, remaining))
         n = Signal(range(BUFFER_BYTES + 1))
         m.d.comb += n.eq(Mux(seg.len < cur_rem, seg.len, cur_rem))
+        nothing = Signal()  # this segment gets no byte (n == 0)
+        m.d.comb += nothing.eq(all_written | (seg.len == 0))
         req_sent = Signal()
         xfer_len = Signal(range(BUFFER_BYTES + 1))
         end_id = Signal(16)
@@ -61,13 +71,14 @@ class RxDataMover(wiring.Component):
 
         with m.FSM(name="rx_move"):
             with m.State("IDLE"):
+                # A segment waiting in the skid buffer is not owed: a reset drops it, as the parser's own.
                 m.d.comb += self.idle.eq(1)
                 with m.If(self.discard):
                     m.d.comb += rx.consume.eq(rx.full)
-                with m.Elif(self.run & rx.full & self.segs.valid):
+                with m.Elif(self.run & rx.full & seg_valid):
                     with m.If(seg.error):
                         with m.If(~used.valid):
-                            m.d.comb += self.segs.ready.eq(1)
+                            m.d.comb += seg_in.o.ready.eq(1)
                             m.d.sync += [
                                 used.valid.eq(1),
                                 used.payload.error.eq(1),
@@ -75,11 +86,11 @@ class RxDataMover(wiring.Component):
                                 used.payload.count.eq(seg.count),
                                 used.payload.len.eq(0),
                             ]
-                    with m.Elif(n == 0):
+                    with m.Elif(nothing):
                         # The frame is already written: the rest of the chain stays unused.
-                        m.d.comb += self.segs.ready.eq(1)
+                        m.d.comb += seg_in.o.ready.eq(1)
                         with m.If(seg.last):
-                            m.d.sync += [end_id.eq(seg.id), end_count.eq(seg.count), end_bad.eq(cur_rem != 0)]
+                            m.d.sync += [end_id.eq(seg.id), end_count.eq(seg.count), end_bad.eq(~all_written)]
                             m.next = "DONE"
                     with m.Elif(~ext.busy):
                         m.d.comb += [ext.start.eq(1), ext.pos.eq(byte_pos), ext.length.eq(n)]
@@ -99,9 +110,10 @@ class RxDataMover(wiring.Component):
                 with m.If(self.wr.req.valid & self.wr.req.ready):
                     m.d.sync += req_sent.eq(1)
                 with m.If(self.wr.data.valid & self.wr.data.ready & ext.last):
-                    m.d.comb += self.segs.ready.eq(1)
-                    left = remaining - xfer_len
-                    m.d.sync += [byte_pos.eq(byte_pos + xfer_len), remaining.eq(left)]
+                    m.d.comb += seg_in.o.ready.eq(1)
+                    left = Signal.like(remaining, name="left")
+                    m.d.comb += left.eq(remaining - xfer_len)
+                    m.d.sync += [byte_pos.eq(byte_pos + xfer_len), remaining.eq(left), all_written.eq(left == 0)]
                     with m.If(seg.last):
                         m.d.sync += [end_id.eq(seg.id), end_count.eq(seg.count), end_bad.eq(left != 0)]
                         m.next = "DONE"
@@ -117,11 +129,12 @@ class RxDataMover(wiring.Component):
                         used.payload.len.eq(byte_pos),
                         byte_pos.eq(0),
                         fresh.eq(1),
+                        all_written.eq(0),
                     ]
                     with m.If(~end_bad):
                         m.d.comb += rx.consume.eq(1)
                         m.d.sync += self.frames.eq(self.frames + 1)
                     m.next = "IDLE"
         with m.If(self.clear):
-            m.d.sync += [byte_pos.eq(0), fresh.eq(1), used.valid.eq(0)]
+            m.d.sync += [byte_pos.eq(0), fresh.eq(1), all_written.eq(0), used.valid.eq(0)]
         return m

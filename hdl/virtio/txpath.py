@@ -21,6 +21,7 @@ from amaranth.lib.wiring import In, Out
 
 from hdl.signatures import EthernetStream
 from hdl.virtio.framebuf import BUFFER_BYTES, HDR_BYTES, ByteAppender, ByteExtractor
+from hdl.virtio.skid import SkidBuffer
 from hdl.virtio.stream_types import DMA_REQ, SEGMENT, USED, ReadClient, read_beat
 
 PTR_BITS = 20  # free-running byte positions in the ring (ring index = low bits)
@@ -39,12 +40,12 @@ def round_up(value, row_bytes: int):
 class TxDataMover(wiring.Component):
     """Segments in, buffer reads out, chain bytes into the ring (``write_port``), frames and used elements out.
 
-    Why queues at every port: each decision here (ring room, the bytes of a beat, the end of a chain) is a
+    Why a register at every port: each decision here (ring room, the bytes of a beat, the end of a chain) is a
     comparator or an adder, and a neighbour's ``ready`` or ``valid`` that went straight into it, or came out of
-    it, would add this block's depth to the neighbour's.  So ``segs`` and ``rd.resp`` land in small FIFOs
-    whose ``ready`` is a register, ``rd.req`` is a register, and ``frames``/``used`` leave from FIFOs; the
-    appender registers its command before it shifts.  Full rate is kept: one segment and one data beat per
-    cycle; a chain's end costs one cycle (the flush of its last row), as before.
+    it, would add this block's depth to the neighbour's.  So ``segs``, ``rd.req``, ``rd.resp`` and ``used``
+    pass through skid buffers (``hdl/virtio/skid.py``), ``frames`` leave from a FIFO, and the appender registers
+    its command before it shifts.  Full rate is kept: one segment and one data beat per cycle; a chain's end
+    costs one cycle (the flush of its last row), as before.
     """
 
     def __init__(self, write_port, data_width: int, ring_bytes: int, max_reads: int = 32) -> None:
@@ -74,26 +75,19 @@ class TxDataMover(wiring.Component):
         m.submodules.expect = expect = ResetInserter(self.clear)(
             fifo.SyncFIFOBuffered(width=_EXPECT.size, depth=self.max_reads)
         )
-        # Depth 3 of SyncFIFOBuffered is the smallest that takes one entry per cycle.
-        m.submodules.seg_q = seg_q = ResetInserter(self.clear)(fifo.SyncFIFOBuffered(width=SEGMENT.size, depth=3))
-        m.submodules.req_q = req_q = fifo.SyncFIFOBuffered(width=DMA_REQ.size, depth=3)
-        m.submodules.resp_q = resp_q = fifo.SyncFIFOBuffered(width=read_beat(self.data_width).size, depth=3)
-        m.submodules.used_q = used_q = ResetInserter(self.clear)(fifo.SyncFIFOBuffered(width=USED.size, depth=3))
+        m.submodules.seg_in = seg_in = SkidBuffer(SEGMENT)
+        m.submodules.req_out = req_out = SkidBuffer(DMA_REQ)
+        m.submodules.resp_in = resp_in = SkidBuffer(read_beat(self.data_width))
+        m.submodules.used_out = used_out = SkidBuffer(USED)
         # Frames of complete chains; a reset does not drop them (their used elements may be written).
         m.submodules.frame_q = frame_q = fifo.SyncFIFOBuffered(width=FRAME.size, depth=4)
+        wiring.connect(m, wiring.flipped(self.segs), seg_in.i)
+        wiring.connect(m, req_out.o, wiring.flipped(self.rd.req))
+        wiring.connect(m, wiring.flipped(self.rd.resp), resp_in.i)
+        wiring.connect(m, used_out.o, wiring.flipped(self.used))
         m.d.comb += [
-            seg_q.w_en.eq(self.segs.valid),
-            seg_q.w_data.eq(self.segs.payload),
-            self.segs.ready.eq(seg_q.w_rdy),
-            self.rd.req.valid.eq(req_q.r_rdy),
-            self.rd.req.payload.eq(req_q.r_data),
-            req_q.r_en.eq(self.rd.req.ready),
-            resp_q.w_en.eq(self.rd.resp.valid),
-            resp_q.w_data.eq(self.rd.resp.payload),
-            self.rd.resp.ready.eq(resp_q.w_rdy),
-            self.used.valid.eq(used_q.r_rdy),
-            self.used.payload.eq(used_q.r_data),
-            used_q.r_en.eq(self.used.ready),
+            seg_in.clear.eq(self.clear),
+            used_out.clear.eq(self.clear),
             self.frames.valid.eq(frame_q.r_rdy),
             self.frames.payload.eq(frame_q.r_data),
             frame_q.r_en.eq(self.frames.ready),
@@ -116,8 +110,7 @@ class TxDataMover(wiring.Component):
 
         # ---- issue: reserve ring room, then read
         res_ptr = Signal(PTR_BITS)  # end of the bytes reserved so far
-        seg = Signal(SEGMENT)
-        m.d.comb += seg.eq(seg_q.r_data)
+        seg = seg_in.o.payload
         need = Signal(PTR_BITS + 1)
         m.d.comb += need.eq(Mux(seg.error, 0, seg.len) + rb)  # + one row of alignment slack
         used_space = Signal(PTR_BITS)
@@ -132,16 +125,14 @@ class TxDataMover(wiring.Component):
             exp_in.count.eq(seg.count),
             exp_in.error.eq(seg.error),
         ]
-        req_in = Signal(DMA_REQ)
-        can = seg_q.r_rdy & self.run & expect.w_rdy & room & (~needs_read | req_q.w_rdy)
+        can = seg_in.o.valid & self.run & expect.w_rdy & room & (~needs_read | req_out.i.ready)
         m.d.comb += [
-            seg_q.r_en.eq(can),
+            seg_in.o.ready.eq(can),
             expect.w_en.eq(can),
             expect.w_data.eq(exp_in),
-            req_in.addr.eq(seg.addr),
-            req_in.len.eq(seg.len),
-            req_q.w_data.eq(req_in),
-            req_q.w_en.eq(can & needs_read),
+            req_out.i.payload.addr.eq(seg.addr),
+            req_out.i.payload.len.eq(seg.len),
+            req_out.i.valid.eq(can & needs_read),
         ]
         with m.If(can & needs_read):
             grown = Signal(PTR_BITS, name="res_grown")
@@ -151,8 +142,7 @@ class TxDataMover(wiring.Component):
         # ---- receive: append in order, then hand over frame and used element
         head = Signal(_EXPECT)
         m.d.comb += head.eq(expect.r_data)
-        beat = Signal(read_beat(self.data_width))
-        m.d.comb += beat.eq(resp_q.r_data)
+        beat = resp_in.o.payload
         chain_start = Signal(PTR_BITS)
         chain_bytes = Signal(range(BUFFER_BYTES + 1))
         chain_err = Signal()
@@ -162,9 +152,8 @@ class TxDataMover(wiring.Component):
         rem = Signal(17)
         cur_rem = Signal(17)
         m.d.comb += cur_rem.eq(Mux(started, rem, head.len))
-        used_in = Signal(USED)
+        used_in = used_out.i.payload
         m.d.comb += [
-            used_q.w_data.eq(used_in),
             app.data.eq(beat.data),
             app.nbytes.eq(Mux(cur_rem < dwb, cur_rem, dwb)),
         ]
@@ -174,10 +163,10 @@ class TxDataMover(wiring.Component):
                 with m.If(expect.r_rdy & head.error):
                     # A malformed segment: the queue stops here (everything before it is complete).
                     m.d.comb += [used_in.error.eq(1), used_in.id.eq(head.id), used_in.count.eq(head.count)]
-                    with m.If(used_q.w_rdy):
-                        m.d.comb += [expect.r_en.eq(1), used_q.w_en.eq(1)]
-                with m.Elif(expect.r_rdy & resp_q.r_rdy):
-                    m.d.comb += [resp_q.r_en.eq(1), app.valid.eq(1)]
+                    with m.If(used_out.i.ready):
+                        m.d.comb += [expect.r_en.eq(1), used_out.i.valid.eq(1)]
+                with m.Elif(expect.r_rdy & resp_in.o.valid):
+                    m.d.comb += [resp_in.o.ready.eq(1), app.valid.eq(1)]
                     m.d.sync += [rem.eq(cur_rem - dwb), started.eq(1)]
                     with m.If(beat.last):
                         m.d.comb += expect.r_en.eq(1)
@@ -206,13 +195,13 @@ class TxDataMover(wiring.Component):
                 ]
                 with m.If(self.clear):
                     m.next = "RECV"  # a reset forgets the chain: nothing of it is handed on
-                with m.Elif(frame_q.w_rdy & ~frame_waiting & used_q.w_rdy):
+                with m.Elif(frame_q.w_rdy & ~frame_waiting & used_out.i.ready):
                     m.d.comb += [
                         app.flush.eq(1),
                         app.restart.eq(1),
                         app.init_pos.eq(end),
                         frame_push.eq(1),
-                        used_q.w_en.eq(1),
+                        used_out.i.valid.eq(1),
                     ]
                     m.d.sync += [chain_start.eq(end), chain_bytes.eq(0), chain_err.eq(0)]
                     m.next = "RECV"
@@ -220,7 +209,7 @@ class TxDataMover(wiring.Component):
             # Drop the chain in progress: its bytes were never handed on, so the ring space is reused.
             m.d.comb += [app.restart.eq(1), app.init_pos.eq(chain_start)]
             m.d.sync += [res_ptr.eq(chain_start), chain_bytes.eq(0), chain_err.eq(0), started.eq(0)]
-        m.d.comb += self.idle.eq((expect.level == 0) & (used_q.level == 0))
+        m.d.comb += self.idle.eq((expect.level == 0) & ~used_out.o.valid & used_out.i.ready)
         return m
 
 
