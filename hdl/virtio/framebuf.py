@@ -300,8 +300,12 @@ class RxFrameBuffer(Elaboratable):
             self.rx_ready.eq(~in_valid | (~stored & ~full.bit_select(wbank, 1))),
         ]
         with m.If(self.rx_ready):
+            # ``in_valid`` is set under a condition, not copied: an undriven port (X in an RTL simulation) then
+            # leaves it clear instead of locking ``rx_ready`` at X.
+            m.d.sync += in_valid.eq(0)
+            with m.If(self.rx_valid):
+                m.d.sync += in_valid.eq(1)
             m.d.sync += [
-                in_valid.eq(self.rx_valid),
                 in_data.eq(self.rx_data),
                 in_keep.eq(self.rx_keep),
                 in_last.eq(self.rx_last),

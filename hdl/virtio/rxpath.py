@@ -12,12 +12,15 @@ the link the used descriptor follows its data (posted writes stay in order, PCIe
 from __future__ import annotations
 
 from amaranth.hdl import Module, Mux, Signal
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hdl.virtio.framebuf import BUFFER_BYTES, RxFrameBuffer
 from hdl.virtio.skid import SkidBuffer
 from hdl.virtio.stream_types import SEGMENT, USED, WriteClient
+
+#: A segment as the mover keeps it: ``empty`` (its buffer has no byte) decided as it arrives.
+_SEG_IN = data.StructLayout({"seg": SEGMENT, "empty": 1})
 
 
 class RxDataMover(wiring.Component):
@@ -44,11 +47,16 @@ class RxDataMover(wiring.Component):
         rx = self.rxbuf
         ext = rx.extractor
         # Segments from the parser land in a skid buffer: ``segs.ready`` is a register, and the segment the
-        # decisions below look at is one (its length compares start from flip-flops).
-        m.submodules.seg_in = seg_in = SkidBuffer(SEGMENT)
-        wiring.connect(m, wiring.flipped(self.segs), seg_in.i)
-        m.d.comb += seg_in.clear.eq(self.clear)
-        seg = seg_in.o.payload
+        # decisions below look at is one, with "no bytes" already decided on the way in.
+        m.submodules.seg_in = seg_in = SkidBuffer(_SEG_IN)
+        m.d.comb += [
+            seg_in.i.valid.eq(self.segs.valid),
+            seg_in.i.payload.seg.eq(self.segs.payload),
+            seg_in.i.payload.empty.eq(self.segs.payload.len == 0),
+            self.segs.ready.eq(seg_in.i.ready),
+            seg_in.clear.eq(self.clear),
+        ]
+        seg = seg_in.o.payload.seg
         seg_valid = seg_in.o.valid
         byte_pos = Signal(range(BUFFER_BYTES + 1))
         remaining = Signal(range(BUFFER_BYTES + 1))
@@ -59,15 +67,31 @@ class RxDataMover(wiring.Component):
         n = Signal(range(BUFFER_BYTES + 1))
         m.d.comb += n.eq(Mux(seg.len < cur_rem, seg.len, cur_rem))
         nothing = Signal()  # this segment gets no byte (n == 0)
-        m.d.comb += nothing.eq(all_written | (seg.len == 0))
-        req_sent = Signal()
+        m.d.comb += nothing.eq(all_written | seg_in.o.payload.empty)
+        req_pending = Signal()  # the write request of this transfer is not yet accepted (``wr.req.valid``)
         xfer_len = Signal(range(BUFFER_BYTES + 1))
+        # Decided when a transfer starts, used when it ends: the bytes left after it, and whether that is none.
+        left_after = Signal.like(remaining)
+        finishes = Signal()
         end_id = Signal(16)
         end_count = Signal(16)
         end_bad = Signal()
         used = self.used
         with m.If(used.valid & used.ready):
             m.d.sync += used.valid.eq(0)
+
+        # The write of a transfer: only in XFER are ``req_pending`` or the extractor's ``valid`` ever set, so
+        # the port is driven from them directly (no state decode between the registers and the port).
+        m.d.comb += [
+            self.wr.req.valid.eq(req_pending),
+            self.wr.req.payload.addr.eq(seg.addr),
+            self.wr.req.payload.len.eq(xfer_len),
+            self.wr.data.valid.eq(ext.valid & ~req_pending),
+            self.wr.data.payload.data.eq(ext.data),
+            self.wr.data.payload.keep.eq(ext.keep),
+            self.wr.data.payload.last.eq(ext.last),
+            ext.ready.eq(self.wr.data.ready & ~req_pending),
+        ]
 
         with m.FSM(name="rx_move"):
             with m.State("IDLE"):
@@ -94,28 +118,22 @@ class RxDataMover(wiring.Component):
                             m.next = "DONE"
                     with m.Elif(~ext.busy):
                         m.d.comb += [ext.start.eq(1), ext.pos.eq(byte_pos), ext.length.eq(n)]
-                        m.d.sync += [xfer_len.eq(n), req_sent.eq(0), remaining.eq(cur_rem), fresh.eq(0)]
+                        m.d.sync += [
+                            xfer_len.eq(n),
+                            req_pending.eq(1),
+                            left_after.eq(cur_rem - n),
+                            finishes.eq(seg.len >= cur_rem),
+                            fresh.eq(0),
+                        ]
                         m.next = "XFER"
             with m.State("XFER"):
-                m.d.comb += [
-                    self.wr.req.valid.eq(~req_sent),
-                    self.wr.req.payload.addr.eq(seg.addr),
-                    self.wr.req.payload.len.eq(xfer_len),
-                    self.wr.data.valid.eq(ext.valid & req_sent),
-                    self.wr.data.payload.data.eq(ext.data),
-                    self.wr.data.payload.keep.eq(ext.keep),
-                    self.wr.data.payload.last.eq(ext.last),
-                    ext.ready.eq(self.wr.data.ready & req_sent),
-                ]
                 with m.If(self.wr.req.valid & self.wr.req.ready):
-                    m.d.sync += req_sent.eq(1)
+                    m.d.sync += req_pending.eq(0)
                 with m.If(self.wr.data.valid & self.wr.data.ready & ext.last):
                     m.d.comb += seg_in.o.ready.eq(1)
-                    left = Signal.like(remaining, name="left")
-                    m.d.comb += left.eq(remaining - xfer_len)
-                    m.d.sync += [byte_pos.eq(byte_pos + xfer_len), remaining.eq(left), all_written.eq(left == 0)]
+                    m.d.sync += [byte_pos.eq(byte_pos + xfer_len), remaining.eq(left_after), all_written.eq(finishes)]
                     with m.If(seg.last):
-                        m.d.sync += [end_id.eq(seg.id), end_count.eq(seg.count), end_bad.eq(left != 0)]
+                        m.d.sync += [end_id.eq(seg.id), end_count.eq(seg.count), end_bad.eq(~finishes)]
                         m.next = "DONE"
                     with m.Else():
                         m.next = "IDLE"

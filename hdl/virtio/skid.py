@@ -39,12 +39,16 @@ class SkidBuffer(wiring.Component):
         m.d.comb += self.i.ready.eq(~spare_valid)
         take = self.i.valid & ~spare_valid
         move = ~self.o.valid | self.o.ready  # the output register may load
+        # The valid flags are set under conditions rather than copied, so that an input still undriven (X in an
+        # RTL simulation) leaves them clear instead of locking the buffer at X.
         with m.If(move):
             m.d.sync += [
-                self.o.valid.eq(spare_valid | self.i.valid),
+                self.o.valid.eq(0),
                 self.o.payload.eq(Mux(spare_valid, spare, self.i.payload)),
                 spare_valid.eq(0),
             ]
+            with m.If(spare_valid | self.i.valid):
+                m.d.sync += self.o.valid.eq(1)
         with m.Elif(take):
             m.d.sync += [spare_valid.eq(1), spare.eq(self.i.payload)]
         with m.If(self.clear):

@@ -162,7 +162,12 @@ class TxDataMover(wiring.Component):
             with m.State("RECV"):
                 with m.If(expect.r_rdy & head.error):
                     # A malformed segment: the queue stops here (everything before it is complete).
-                    m.d.comb += [used_in.error.eq(1), used_in.id.eq(head.id), used_in.count.eq(head.count)]
+                    m.d.comb += [
+                        used_in.error.eq(1),
+                        used_in.id.eq(head.id),
+                        used_in.count.eq(head.count),
+                        used_in.len.eq(0),
+                    ]
                     with m.If(used_out.i.ready):
                         m.d.comb += [expect.r_en.eq(1), used_out.i.valid.eq(1)]
                 with m.Elif(expect.r_rdy & resp_in.o.valid):
@@ -191,7 +196,9 @@ class TxDataMover(wiring.Component):
                     used_in.id.eq(end_id),
                     used_in.count.eq(end_count),
                     used_in.error.eq(chain_err),
-                    # used_in.len stays 0 (2.8.4: the device wrote nothing into a TX buffer)
+                    # 2.8.4: the device wrote nothing into a TX buffer.  (Driven here with the other fields: a
+                    # field driven only by a constant becomes an ``always @*`` that Icarus never runs, i.e. X.)
+                    used_in.len.eq(0),
                 ]
                 with m.If(self.clear):
                     m.next = "RECV"  # a reset forgets the chain: nothing of it is handed on
@@ -209,7 +216,10 @@ class TxDataMover(wiring.Component):
             # Drop the chain in progress: its bytes were never handed on, so the ring space is reused.
             m.d.comb += [app.restart.eq(1), app.init_pos.eq(chain_start)]
             m.d.sync += [res_ptr.eq(chain_start), chain_bytes.eq(0), chain_err.eq(0), started.eq(0)]
-        m.d.comb += self.idle.eq((expect.level == 0) & ~used_out.o.valid & used_out.i.ready)
+        # ``idle`` is a register (the engine's reset logic sits behind it): idle now and nothing started this
+        # cycle, so it may rise a cycle late but never claims idle while a read or a used element is owed.
+        idle_now = (expect.level == 0) & ~used_out.o.valid & used_out.i.ready
+        m.d.sync += self.idle.eq(idle_now & ~expect.w_en & ~used_out.i.valid)
         return m
 
 
