@@ -39,16 +39,47 @@ def low_bytes_mask(nbytes, width_bytes: int):
     return Cat(*(nbytes > i for i in range(width_bytes)))
 
 
+def packed_keep_bytes(keep):
+    """Bytes in a packed beat, whose ``keep`` has its low n bits set (``hdl/signatures.py``).
+
+    Why not a popcount: an adder tree over 32 or 64 bits is several LUT levels deep, while a packed ``keep``
+    has one 1 -> 0 edge, whose position is the count; each bit of the count is one wide OR of edges.
+    """
+    w = len(keep)
+    # exactly[n - 1]: the beat has exactly n bytes
+    exactly = [keep[n - 1] & ~keep[n] for n in range(1, w)] + [keep[w - 1]]
+    return Cat(*(Cat(*(exactly[n - 1] for n in range(1, w + 1) if n >> b & 1)).any() for b in range(w.bit_length())))
+
+
 class ByteAppender(Elaboratable):
     """Appends packed chunks of ``in_width`` bits to a byte stream in a row memory, at any byte position.
 
-    ``restart`` sets the write position to ``init_pos`` with the partial row ``init_acc`` (used by RX to
+    ``restart`` sets the write position to ``init_pos`` with the partial row ``restart_acc`` (RX uses it to
     pre-load the virtio_net_hdr), ``valid`` appends the low ``nbytes`` bytes of ``data``, ``flush`` writes the
-    partial last row.  One chunk per cycle, no back-pressure.  Each chunk is rotated to the write position;
+    partial last row.  One command per cycle, no back-pressure.  Each chunk is rotated to the write position;
     the part that spills into the next row is kept in ``acc`` until that row is written.
+
+    Why three stages: a rotation by up to a row is five LUT levels by itself (a 32- or 64-way byte mux),
+    masking the chunk to ``nbytes`` one more, and merging into the partial row two more; the command inputs
+    are computed by their drivers in the same cycle from streams and counters.  So the command is registered
+    (with its byte mask), then masked and rotated into a register, then merged and written.  A command given
+    in cycle T is written in cycle ``T + LATENCY``: a reader may rely on the row from cycle ``T + LATENCY + 1``
+    on, so whoever tells a reader that a stream is complete delays that news by ``LATENCY`` cycles.
     """
 
-    def __init__(self, write_port, row_width: int, in_width: int, reset_pos: int = 0, reset_acc: int = 0) -> None:
+    #: Cycles from a command to its write on the memory port (0 would be the same cycle).
+    LATENCY = 2
+
+    def __init__(
+        self,
+        write_port,
+        row_width: int,
+        in_width: int,
+        reset_pos: int = 0,
+        restart_acc: int = 0,
+        *,
+        keep_mask: bool = False,
+    ) -> None:
         assert row_width >= in_width and row_width % 8 == 0 and in_width % 8 == 0
         self.wp = write_port
         self.row_width = row_width
@@ -56,41 +87,83 @@ class ByteAppender(Elaboratable):
         row_bytes = row_width // 8
         self.restart = Signal()
         self.init_pos = Signal(range(row_bytes * 2 ** len(write_port.addr)))
-        self.init_acc = Signal(row_width)
         self.valid = Signal()
         self.data = Signal(in_width)
         self.nbytes = Signal(range(in_width // 8 + 1))
+        #: With ``keep_mask``: the chunk's packed byte mask (the low ``nbytes`` bits set), which the driver
+        #: has anyway (``EthernetStream.keep``) and which saves decoding ``nbytes`` into it.
+        self.keep = Signal(in_width // 8)
+        self.keep_mask = keep_mask
         self.flush = Signal()
         #: Row offset of the bank being written (double buffering); added to every write address.
         self.base_row = Signal(len(write_port.addr))
+        #: Write position after the commands in stage 1 (one cycle behind the inputs).
         self.pos = Signal(len(self.init_pos), init=reset_pos)
-        self.reset_acc = reset_acc
+        self.restart_acc = restart_acc
 
     def elaborate(self, platform) -> Module:
         m = Module()
         row_bytes = self.row_width // 8
+        in_bytes = self.in_width // 8
         shift_bits = (row_bytes - 1).bit_length()
-        acc = Signal(self.row_width, init=self.reset_acc)
+
+        # Stage 0: the command as given, registered (no enables: nothing of it is held), the byte count also
+        # as a mask.
+        valid0 = Signal()
+        flush0 = Signal()
+        restart0 = Signal()
+        data0 = Signal(self.in_width)
+        nbytes0 = Signal.like(self.nbytes)
+        mask0 = Signal(in_bytes)
+        init_pos0 = Signal.like(self.init_pos)
+        base_row0 = Signal.like(self.base_row)
+        m.d.sync += [
+            valid0.eq(self.valid),
+            flush0.eq(self.flush),
+            restart0.eq(self.restart),
+            data0.eq(self.data),
+            nbytes0.eq(self.nbytes),
+            mask0.eq(self.keep if self.keep_mask else low_bytes_mask(self.nbytes, in_bytes)),
+            init_pos0.eq(self.init_pos),
+            base_row0.eq(self.base_row),
+        ]
+
+        # Stage 1: mask and rotate to the write position; the position moves on.
+        valid1 = Signal()
+        flush1 = Signal()
+        restart1 = Signal()
+        rotated1 = Signal(2 * self.row_width)
+        spills1 = Signal()  # the chunk reaches the end of its row: the row is complete after it
+        addr1 = Signal.like(self.wp.addr)
         s = self.pos[0:shift_bits]
-        row = self.pos[shift_bits:]
-        masked = Cat(*(Mux(i < self.nbytes, self.data.word_select(i, 8), 0) for i in range(self.in_width // 8)))
-        rotated = Signal(2 * self.row_width)
-        m.d.comb += rotated.eq(Cat(masked, Const(0, 2 * self.row_width - self.in_width)) << Cat(Const(0, 3), s))
-        low = acc | rotated[0 : self.row_width]
-        high = rotated[self.row_width :]
-        m.d.comb += self.wp.addr.eq(self.base_row + row)
-        with m.If(self.valid):
+        masked = Cat(*(Mux(mask0[i], data0.word_select(i, 8), 0) for i in range(in_bytes)))
+        m.d.sync += [
+            valid1.eq(valid0),
+            flush1.eq(flush0),
+            restart1.eq(restart0),
+            rotated1.eq(Cat(masked, Const(0, 2 * self.row_width - self.in_width)) << Cat(Const(0, 3), s)),
+            spills1.eq(s + nbytes0 >= row_bytes),
+            addr1.eq(base_row0 + self.pos[shift_bits:]),
+        ]
+        with m.If(restart0):
+            m.d.sync += self.pos.eq(init_pos0)
+        with m.Elif(valid0):
+            m.d.sync += self.pos.eq(self.pos + nbytes0)
+
+        # Stage 2: merge into the partial row and write it.
+        acc = Signal(self.row_width, init=self.restart_acc)
+        low = acc | rotated1[0 : self.row_width]
+        high = rotated1[self.row_width :]
+        m.d.comb += self.wp.addr.eq(addr1)
+        with m.If(valid1):
             m.d.comb += [self.wp.data.eq(low), self.wp.en.eq(1)]
-        with m.Elif(self.flush):
+        with m.Elif(flush1):
             m.d.comb += [self.wp.data.eq(acc), self.wp.en.eq(1)]
         # A restart may coincide with the flush of the previous stream (it only moves the position).
-        with m.If(self.restart):
-            m.d.sync += [self.pos.eq(self.init_pos), acc.eq(self.init_acc)]
-        with m.Elif(self.valid):
-            m.d.sync += [
-                self.pos.eq(self.pos + self.nbytes),
-                acc.eq(Mux(s + self.nbytes >= row_bytes, high, low)),
-            ]
+        with m.If(restart1):
+            m.d.sync += acc.eq(self.restart_acc)
+        with m.Elif(valid1):
+            m.d.sync += acc.eq(Mux(spills1, high, low))
         return m
 
 
@@ -168,8 +241,11 @@ class RxFrameBuffer(Elaboratable):
 
     A frame is dropped (never reaches the ring) if ``accept`` is low when it starts (queue not running),
     if it is marked bad (``user`` on its last beat), empty, or longer than ``MAX_FRAME_LEN``.  While both
-    banks hold frames for the engine the next one is back-pressured.  ``full``/``frame_len`` describe the
-    oldest stored frame; ``consume`` frees its bank.
+    banks hold frames for the engine the next one is back-pressured.  ``full``/``frame_len``/``frame_bytes``
+    describe the oldest stored frame; ``consume`` frees its bank.
+
+    Each beat is registered as it arrives (``rx_ready`` comes from registers only) together with its byte
+    count, so the frame-length arithmetic and the drop decisions of the next cycle start from flip-flops.
     """
 
     def __init__(self, row_width: int, in_width: int = 64) -> None:
@@ -178,11 +254,13 @@ class RxFrameBuffer(Elaboratable):
         self.rows = buffer_rows(row_width // 8)
         self.mem = memory.Memory(shape=unsigned(row_width), depth=BANKS * self.rows, init=[])
         self.header = spec.NET_HDR.to_int(num_buffers=1, gso_type=spec.NET_HDR_GSO_NONE)
-        self.appender = ByteAppender(self.mem.write_port(), row_width, in_width, HDR_BYTES, self.header)
+        self.appender = ByteAppender(self.mem.write_port(), row_width, in_width, HDR_BYTES, self.header, keep_mask=True)
         self.extractor = ByteExtractor(self.mem.read_port(), row_width)
         self.accept = Signal()
         self.full = Signal()
         self.frame_len = Signal(range(device_map.MAX_FRAME_LEN + 1))
+        #: ``frame_len`` + the virtio_net_hdr: the bytes the engine writes into the ring for this frame.
+        self.frame_bytes = Signal(range(BUFFER_BYTES + 1))
         self.consume = Signal()
         self.abort = Signal()
         self.dropped = Signal(16)  # frames dropped, for statistics and tests
@@ -201,6 +279,7 @@ class RxFrameBuffer(Elaboratable):
         app = self.appender
         full = Signal(BANKS)
         lengths = [Signal(len(self.frame_len), name=f"len{i}") for i in range(BANKS)]
+        totals = [Signal(len(self.frame_bytes), name=f"total{i}") for i in range(BANKS)]
         wbank = Signal(range(BANKS))
         rbank = Signal(range(BANKS))
         in_frame = Signal()
@@ -208,20 +287,42 @@ class RxFrameBuffer(Elaboratable):
         stored = Signal()  # frame complete; its last partial row is flushed in the next cycle
         in_bytes = self.in_width // 8
         length = Signal(range(device_map.MAX_FRAME_LEN + in_bytes + 1))
+        # The input register: one beat and its byte count.
+        in_valid = Signal()
+        in_data = Signal(self.in_width)
+        in_keep = Signal(in_bytes)
+        in_last = Signal()
+        in_user = Signal()
         nbytes = Signal(range(in_bytes + 1))
+        beat = Signal()  # the registered beat is taken this cycle
         m.d.comb += [
-            nbytes.eq(sum(self.rx_keep[i] for i in range(in_bytes))),
+            beat.eq(in_valid & ~stored & ~full.bit_select(wbank, 1)),
+            self.rx_ready.eq(~in_valid | (~stored & ~full.bit_select(wbank, 1))),
+        ]
+        with m.If(self.rx_ready):
+            # ``in_valid`` is set under a condition, not copied: an undriven port (X in an RTL simulation) then
+            # leaves it clear instead of locking ``rx_ready`` at X.
+            m.d.sync += in_valid.eq(0)
+            with m.If(self.rx_valid):
+                m.d.sync += in_valid.eq(1)
+            m.d.sync += [
+                in_data.eq(self.rx_data),
+                in_keep.eq(self.rx_keep),
+                in_last.eq(self.rx_last),
+                in_user.eq(self.rx_user),
+                nbytes.eq(packed_keep_bytes(self.rx_keep)),
+            ]
+        m.d.comb += [
             app.init_pos.eq(HDR_BYTES),
-            app.init_acc.eq(self.header),
-            app.data.eq(self.rx_data),
+            app.data.eq(in_data),
             app.nbytes.eq(nbytes),
+            app.keep.eq(in_keep),
             app.base_row.eq(wbank * self.rows),
             self.extractor.base_row.eq(rbank * self.rows),
-            self.rx_ready.eq(~stored & ~full.bit_select(wbank, 1)),
             self.full.eq(full.bit_select(rbank, 1)),
             self.frame_len.eq(Array(lengths)[rbank]),
+            self.frame_bytes.eq(Array(totals)[rbank]),
         ]
-        beat = self.rx_valid & self.rx_ready
         drop = Mux(in_frame, dropping, ~self.accept)
         new_len = length + nbytes
         too_big = new_len > device_map.MAX_FRAME_LEN
@@ -229,18 +330,30 @@ class RxFrameBuffer(Elaboratable):
         clear_full = Signal(BANKS)
         with m.If(beat):
             m.d.comb += app.valid.eq(~drop & ~too_big)
-            with m.If(self.rx_last):
+            with m.If(in_last):
                 m.d.sync += [in_frame.eq(0), dropping.eq(0), length.eq(0)]
-                with m.If(drop | too_big | self.rx_user | (new_len == 0)):
+                with m.If(drop | too_big | in_user | (new_len == 0)):
                     m.d.comb += app.restart.eq(1)
                     m.d.sync += self.dropped.eq(self.dropped + 1)
                 with m.Else():
-                    m.d.sync += [stored.eq(1), Array(lengths)[wbank].eq(new_len)]
+                    m.d.sync += [
+                        stored.eq(1),
+                        Array(lengths)[wbank].eq(new_len),
+                        Array(totals)[wbank].eq(new_len + HDR_BYTES),
+                    ]
             with m.Else():
                 m.d.sync += [in_frame.eq(1), dropping.eq(drop | too_big), length.eq(new_len)]
+        # The bank is handed to the reader once its last row is in the memory (the appender writes late).
+        published = [Signal(name=f"published{i}") for i in range(ByteAppender.LATENCY)]
+        pub_bank = [Signal(range(BANKS), name=f"pub_bank{i}") for i in range(ByteAppender.LATENCY)]
+        m.d.sync += [published[0].eq(stored), pub_bank[0].eq(wbank)]
+        for i in range(1, ByteAppender.LATENCY):
+            m.d.sync += [published[i].eq(published[i - 1]), pub_bank[i].eq(pub_bank[i - 1])]
+        with m.If(published[-1]):
+            m.d.comb += set_full.eq(1 << pub_bank[-1])
         with m.If(stored):
             # Flush the last partial row into this bank, then the next frame goes to the other bank.
-            m.d.comb += [app.flush.eq(1), app.restart.eq(1), set_full.eq(1 << wbank)]
+            m.d.comb += [app.flush.eq(1), app.restart.eq(1)]
             m.d.sync += [stored.eq(0), wbank.eq(wbank + 1)]
         with m.If(self.consume):
             m.d.comb += clear_full.eq(1 << rbank)
@@ -252,8 +365,9 @@ class RxFrameBuffer(Elaboratable):
             m.d.sync += [
                 full.eq(0),
                 stored.eq(0),
+                *(p.eq(0) for p in published),
                 wbank.eq(0),
                 rbank.eq(0),
-                dropping.eq(in_frame | (beat & ~self.rx_last)),
+                dropping.eq(in_frame | (beat & ~in_last)),
             ]
         return m

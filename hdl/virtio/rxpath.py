@@ -12,11 +12,15 @@ the link the used descriptor follows its data (posted writes stay in order, PCIe
 from __future__ import annotations
 
 from amaranth.hdl import Module, Mux, Signal
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hdl.virtio.framebuf import BUFFER_BYTES, HDR_BYTES, RxFrameBuffer
+from hdl.virtio.framebuf import BUFFER_BYTES, RxFrameBuffer
+from hdl.virtio.skid import SkidBuffer
 from hdl.virtio.stream_types import SEGMENT, USED, WriteClient
+
+#: A segment as the mover keeps it: ``empty`` (its buffer has no byte) decided as it arrives.
+_SEG_IN = data.StructLayout({"seg": SEGMENT, "empty": 1})
 
 
 class RxDataMover(wiring.Component):
@@ -42,16 +46,33 @@ class RxDataMover(wiring.Component):
         m = Module()
         rx = self.rxbuf
         ext = rx.extractor
-        seg = self.segs.payload
+        # Segments from the parser land in a skid buffer: ``segs.ready`` is a register, and the segment the
+        # decisions below look at is one, with "no bytes" already decided on the way in.
+        m.submodules.seg_in = seg_in = SkidBuffer(_SEG_IN)
+        m.d.comb += [
+            seg_in.i.valid.eq(self.segs.valid),
+            seg_in.i.payload.seg.eq(self.segs.payload),
+            seg_in.i.payload.empty.eq(self.segs.payload.len == 0),
+            self.segs.ready.eq(seg_in.i.ready),
+            seg_in.clear.eq(self.clear),
+        ]
+        seg = seg_in.o.payload.seg
+        seg_valid = seg_in.o.valid
         byte_pos = Signal(range(BUFFER_BYTES + 1))
         remaining = Signal(range(BUFFER_BYTES + 1))
         fresh = Signal(init=1)  # no byte of the current frame written yet
+        all_written = Signal()  # not fresh, and no byte of the frame left (kept as a register: no compare here)
         cur_rem = Signal(range(BUFFER_BYTES + 1))
-        m.d.comb += cur_rem.eq(Mux(fresh, rx.frame_len + HDR_BYTES, remaining))
+        m.d.comb += cur_rem.eq(Mux(fresh, rx.frame_bytes, remaining))
         n = Signal(range(BUFFER_BYTES + 1))
         m.d.comb += n.eq(Mux(seg.len < cur_rem, seg.len, cur_rem))
-        req_sent = Signal()
+        nothing = Signal()  # this segment gets no byte (n == 0)
+        m.d.comb += nothing.eq(all_written | seg_in.o.payload.empty)
+        req_pending = Signal()  # the write request of this transfer is not yet accepted (``wr.req.valid``)
         xfer_len = Signal(range(BUFFER_BYTES + 1))
+        # Decided when a transfer starts, used when it ends: the bytes left after it, and whether that is none.
+        left_after = Signal.like(remaining)
+        finishes = Signal()
         end_id = Signal(16)
         end_count = Signal(16)
         end_bad = Signal()
@@ -59,15 +80,29 @@ class RxDataMover(wiring.Component):
         with m.If(used.valid & used.ready):
             m.d.sync += used.valid.eq(0)
 
+        # The write of a transfer: only in XFER are ``req_pending`` or the extractor's ``valid`` ever set, so
+        # the port is driven from them directly (no state decode between the registers and the port).
+        m.d.comb += [
+            self.wr.req.valid.eq(req_pending),
+            self.wr.req.payload.addr.eq(seg.addr),
+            self.wr.req.payload.len.eq(xfer_len),
+            self.wr.data.valid.eq(ext.valid & ~req_pending),
+            self.wr.data.payload.data.eq(ext.data),
+            self.wr.data.payload.keep.eq(ext.keep),
+            self.wr.data.payload.last.eq(ext.last),
+            ext.ready.eq(self.wr.data.ready & ~req_pending),
+        ]
+
         with m.FSM(name="rx_move"):
             with m.State("IDLE"):
+                # A segment waiting in the skid buffer is not owed: a reset drops it, as the parser's own.
                 m.d.comb += self.idle.eq(1)
                 with m.If(self.discard):
                     m.d.comb += rx.consume.eq(rx.full)
-                with m.Elif(self.run & rx.full & self.segs.valid):
+                with m.Elif(self.run & rx.full & seg_valid):
                     with m.If(seg.error):
                         with m.If(~used.valid):
-                            m.d.comb += self.segs.ready.eq(1)
+                            m.d.comb += seg_in.o.ready.eq(1)
                             m.d.sync += [
                                 used.valid.eq(1),
                                 used.payload.error.eq(1),
@@ -75,35 +110,30 @@ class RxDataMover(wiring.Component):
                                 used.payload.count.eq(seg.count),
                                 used.payload.len.eq(0),
                             ]
-                    with m.Elif(n == 0):
+                    with m.Elif(nothing):
                         # The frame is already written: the rest of the chain stays unused.
-                        m.d.comb += self.segs.ready.eq(1)
+                        m.d.comb += seg_in.o.ready.eq(1)
                         with m.If(seg.last):
-                            m.d.sync += [end_id.eq(seg.id), end_count.eq(seg.count), end_bad.eq(cur_rem != 0)]
+                            m.d.sync += [end_id.eq(seg.id), end_count.eq(seg.count), end_bad.eq(~all_written)]
                             m.next = "DONE"
                     with m.Elif(~ext.busy):
                         m.d.comb += [ext.start.eq(1), ext.pos.eq(byte_pos), ext.length.eq(n)]
-                        m.d.sync += [xfer_len.eq(n), req_sent.eq(0), remaining.eq(cur_rem), fresh.eq(0)]
+                        m.d.sync += [
+                            xfer_len.eq(n),
+                            req_pending.eq(1),
+                            left_after.eq(cur_rem - n),
+                            finishes.eq(seg.len >= cur_rem),
+                            fresh.eq(0),
+                        ]
                         m.next = "XFER"
             with m.State("XFER"):
-                m.d.comb += [
-                    self.wr.req.valid.eq(~req_sent),
-                    self.wr.req.payload.addr.eq(seg.addr),
-                    self.wr.req.payload.len.eq(xfer_len),
-                    self.wr.data.valid.eq(ext.valid & req_sent),
-                    self.wr.data.payload.data.eq(ext.data),
-                    self.wr.data.payload.keep.eq(ext.keep),
-                    self.wr.data.payload.last.eq(ext.last),
-                    ext.ready.eq(self.wr.data.ready & req_sent),
-                ]
                 with m.If(self.wr.req.valid & self.wr.req.ready):
-                    m.d.sync += req_sent.eq(1)
+                    m.d.sync += req_pending.eq(0)
                 with m.If(self.wr.data.valid & self.wr.data.ready & ext.last):
-                    m.d.comb += self.segs.ready.eq(1)
-                    left = remaining - xfer_len
-                    m.d.sync += [byte_pos.eq(byte_pos + xfer_len), remaining.eq(left)]
+                    m.d.comb += seg_in.o.ready.eq(1)
+                    m.d.sync += [byte_pos.eq(byte_pos + xfer_len), remaining.eq(left_after), all_written.eq(finishes)]
                     with m.If(seg.last):
-                        m.d.sync += [end_id.eq(seg.id), end_count.eq(seg.count), end_bad.eq(left != 0)]
+                        m.d.sync += [end_id.eq(seg.id), end_count.eq(seg.count), end_bad.eq(~finishes)]
                         m.next = "DONE"
                     with m.Else():
                         m.next = "IDLE"
@@ -117,11 +147,12 @@ class RxDataMover(wiring.Component):
                         used.payload.len.eq(byte_pos),
                         byte_pos.eq(0),
                         fresh.eq(1),
+                        all_written.eq(0),
                     ]
                     with m.If(~end_bad):
                         m.d.comb += rx.consume.eq(1)
                         m.d.sync += self.frames.eq(self.frames + 1)
                     m.next = "IDLE"
         with m.If(self.clear):
-            m.d.sync += [byte_pos.eq(0), fresh.eq(1), used.valid.eq(0)]
+            m.d.sync += [byte_pos.eq(0), fresh.eq(1), all_written.eq(0), used.valid.eq(0)]
         return m

@@ -21,7 +21,8 @@ from amaranth.lib.wiring import In, Out
 
 from hdl.signatures import EthernetStream
 from hdl.virtio.framebuf import BUFFER_BYTES, HDR_BYTES, ByteAppender, ByteExtractor
-from hdl.virtio.stream_types import SEGMENT, USED, ReadClient
+from hdl.virtio.skid import SkidBuffer
+from hdl.virtio.stream_types import DMA_REQ, SEGMENT, USED, ReadClient, read_beat
 
 PTR_BITS = 20  # free-running byte positions in the ring (ring index = low bits)
 
@@ -37,7 +38,15 @@ def round_up(value, row_bytes: int):
 
 
 class TxDataMover(wiring.Component):
-    """Segments in, buffer reads out, chain bytes into the ring (``write_port``), frames and used elements out."""
+    """Segments in, buffer reads out, chain bytes into the ring (``write_port``), frames and used elements out.
+
+    Why a register at every port: each decision here (ring room, the bytes of a beat, the end of a chain) is a
+    comparator or an adder, and a neighbour's ``ready`` or ``valid`` that went straight into it, or came out of
+    it, would add this block's depth to the neighbour's.  So ``segs``, ``rd.req``, ``rd.resp`` and ``used``
+    pass through skid buffers (``hdl/virtio/skid.py``), ``frames`` leave from a FIFO, and the appender registers
+    its command before it shifts.  Full rate is kept: one segment and one data beat per cycle; a chain's end
+    costs one cycle (the flush of its last row), as before.
+    """
 
     def __init__(self, write_port, data_width: int, ring_bytes: int, max_reads: int = 32) -> None:
         self.wp = write_port
@@ -53,7 +62,7 @@ class TxDataMover(wiring.Component):
                 "freed": In(PTR_BITS),  # ring bytes below this position are free again (from the sender)
                 "run": In(1),  # may issue reads (queue running, not broken, no reset pending)
                 "clear": In(1),  # forget the chain in progress (only while no read is in flight)
-                "idle": Out(1),  # no read in flight
+                "idle": Out(1),  # no read in flight or owed, no used element waiting
             }
         )
 
@@ -62,13 +71,46 @@ class TxDataMover(wiring.Component):
         dwb = self.data_width // 8
         rb = dwb  # ring rows are one DMA beat wide
         m.submodules.appender = app = ByteAppender(self.wp, self.data_width, self.data_width)
+        # One entry per read issued (or malformed segment), in issue order; its output is a register.
         m.submodules.expect = expect = ResetInserter(self.clear)(
-            fifo.SyncFIFO(width=_EXPECT.size, depth=self.max_reads)
+            fifo.SyncFIFOBuffered(width=_EXPECT.size, depth=self.max_reads)
         )
+        m.submodules.seg_in = seg_in = SkidBuffer(SEGMENT)
+        m.submodules.req_out = req_out = SkidBuffer(DMA_REQ)
+        m.submodules.resp_in = resp_in = SkidBuffer(read_beat(self.data_width))
+        m.submodules.used_out = used_out = SkidBuffer(USED)
+        # Frames of complete chains; a reset does not drop them (their used elements may be written).
+        m.submodules.frame_q = frame_q = fifo.SyncFIFOBuffered(width=FRAME.size, depth=4)
+        wiring.connect(m, wiring.flipped(self.segs), seg_in.i)
+        wiring.connect(m, req_out.o, wiring.flipped(self.rd.req))
+        wiring.connect(m, wiring.flipped(self.rd.resp), resp_in.i)
+        wiring.connect(m, used_out.o, wiring.flipped(self.used))
+        m.d.comb += [
+            seg_in.clear.eq(self.clear),
+            used_out.clear.eq(self.clear),
+            self.frames.valid.eq(frame_q.r_rdy),
+            self.frames.payload.eq(frame_q.r_data),
+            frame_q.r_en.eq(self.frames.ready),
+        ]
+        # A frame must not reach the sender before the appender has written its last row: it leaves frame_q two
+        # cycles after it went in at the earliest, and waits ``delay`` cycles before that.  Chains end at most
+        # every other cycle, so one frame at a time is in the delay line; frame_q had room for it when it
+        # entered (no other frame goes into frame_q in between).
+        delay = ByteAppender.LATENCY - 1
+        assert delay <= 1
+        frame_push = Signal()
+        frame_in = Signal(FRAME)
+        frame_delayed = Signal(FRAME)
+        frame_waiting = Signal()
+        if delay:
+            m.d.sync += [frame_waiting.eq(frame_push), frame_delayed.eq(frame_in)]
+            m.d.comb += [frame_q.w_en.eq(frame_waiting), frame_q.w_data.eq(frame_delayed)]
+        else:
+            m.d.comb += [frame_q.w_en.eq(frame_push), frame_q.w_data.eq(frame_in)]
 
         # ---- issue: reserve ring room, then read
         res_ptr = Signal(PTR_BITS)  # end of the bytes reserved so far
-        seg = self.segs.payload
+        seg = seg_in.o.payload
         need = Signal(PTR_BITS + 1)
         m.d.comb += need.eq(Mux(seg.error, 0, seg.len) + rb)  # + one row of alignment slack
         used_space = Signal(PTR_BITS)
@@ -83,16 +125,16 @@ class TxDataMover(wiring.Component):
             exp_in.count.eq(seg.count),
             exp_in.error.eq(seg.error),
         ]
-        can = self.segs.valid & self.run & expect.w_rdy & room & (~needs_read | self.rd.req.ready)
+        can = seg_in.o.valid & self.run & expect.w_rdy & room & (~needs_read | req_out.i.ready)
         m.d.comb += [
-            self.segs.ready.eq(can),
-            self.rd.req.valid.eq(self.segs.valid & self.run & needs_read & expect.w_rdy & room),
-            self.rd.req.payload.addr.eq(seg.addr),
-            self.rd.req.payload.len.eq(seg.len),
+            seg_in.o.ready.eq(can),
             expect.w_en.eq(can),
             expect.w_data.eq(exp_in),
+            req_out.i.payload.addr.eq(seg.addr),
+            req_out.i.payload.len.eq(seg.len),
+            req_out.i.valid.eq(can & needs_read),
         ]
-        with m.If(can & ~seg.error):
+        with m.If(can & needs_read):
             grown = Signal(PTR_BITS, name="res_grown")
             m.d.comb += grown.eq(res_ptr + seg.len)
             m.d.sync += res_ptr.eq(Mux(seg.last, round_up(grown, rb), grown))
@@ -100,6 +142,7 @@ class TxDataMover(wiring.Component):
         # ---- receive: append in order, then hand over frame and used element
         head = Signal(_EXPECT)
         m.d.comb += head.eq(expect.r_data)
+        beat = resp_in.o.payload
         chain_start = Signal(PTR_BITS)
         chain_bytes = Signal(range(BUFFER_BYTES + 1))
         chain_err = Signal()
@@ -109,74 +152,74 @@ class TxDataMover(wiring.Component):
         rem = Signal(17)
         cur_rem = Signal(17)
         m.d.comb += cur_rem.eq(Mux(started, rem, head.len))
-        resp = self.rd.resp
-        frames = self.frames
-        used = self.used
-        outs_free = (~frames.valid | frames.ready) & (~used.valid | used.ready)
-        with m.If(frames.valid & frames.ready):
-            m.d.sync += frames.valid.eq(0)
-        with m.If(used.valid & used.ready):
-            m.d.sync += used.valid.eq(0)
-        m.d.comb += [app.data.eq(resp.payload.data), app.init_acc.eq(0)]
+        used_in = used_out.i.payload
+        m.d.comb += [
+            app.data.eq(beat.data),
+            app.nbytes.eq(Mux(cur_rem < dwb, cur_rem, dwb)),
+        ]
 
         with m.FSM(name="tx_recv"):
             with m.State("RECV"):
                 with m.If(expect.r_rdy & head.error):
                     # A malformed segment: the queue stops here (everything before it is complete).
-                    with m.If(outs_free):
+                    m.d.comb += [
+                        used_in.error.eq(1),
+                        used_in.id.eq(head.id),
+                        used_in.count.eq(head.count),
+                        used_in.len.eq(0),
+                    ]
+                    with m.If(used_out.i.ready):
+                        m.d.comb += [expect.r_en.eq(1), used_out.i.valid.eq(1)]
+                with m.Elif(expect.r_rdy & resp_in.o.valid):
+                    m.d.comb += [resp_in.o.ready.eq(1), app.valid.eq(1)]
+                    m.d.sync += [rem.eq(cur_rem - dwb), started.eq(1)]
+                    with m.If(beat.last):
                         m.d.comb += expect.r_en.eq(1)
                         m.d.sync += [
-                            used.valid.eq(1),
-                            used.payload.error.eq(1),
-                            used.payload.id.eq(head.id),
-                            used.payload.len.eq(0),
-                            used.payload.count.eq(head.count),
+                            started.eq(0),
+                            chain_bytes.eq(chain_bytes + head.len),
+                            chain_err.eq(chain_err | beat.error),
                         ]
-                with m.Elif(expect.r_rdy):
-                    m.d.comb += [resp.ready.eq(1), app.nbytes.eq(Mux(cur_rem < dwb, cur_rem, dwb))]
-                    with m.If(resp.valid):
-                        m.d.comb += app.valid.eq(1)
-                        m.d.sync += [rem.eq(cur_rem - dwb), started.eq(1)]
-                        with m.If(resp.payload.last):
-                            m.d.comb += expect.r_en.eq(1)
-                            m.d.sync += [
-                                started.eq(0),
-                                chain_bytes.eq(chain_bytes + head.len),
-                                chain_err.eq(chain_err | resp.payload.error),
-                            ]
-                            with m.If(head.last):
-                                m.d.sync += [end_id.eq(head.id), end_count.eq(head.count)]
-                                m.next = "END"
+                        with m.If(head.last):
+                            m.d.sync += [end_id.eq(head.id), end_count.eq(head.count)]
+                            m.next = "END"
             with m.State("END"):
                 # Flush the chain's last partial row; the next chain starts at the next row boundary.
                 total = chain_bytes
                 end = Signal(PTR_BITS)
-                m.d.comb += end.eq(round_up((chain_start + total)[:PTR_BITS], rb))
+                m.d.comb += [
+                    end.eq(round_up((chain_start + total)[:PTR_BITS], rb)),
+                    frame_in.start.eq(chain_start),
+                    frame_in.total.eq(total),
+                    frame_in.end.eq(end),
+                    frame_in.drop.eq(chain_err | (total <= HDR_BYTES)),
+                    used_in.id.eq(end_id),
+                    used_in.count.eq(end_count),
+                    used_in.error.eq(chain_err),
+                    # 2.8.4: the device wrote nothing into a TX buffer.  (Driven here with the other fields: a
+                    # field driven only by a constant becomes an ``always @*`` that Icarus never runs, i.e. X.)
+                    used_in.len.eq(0),
+                ]
                 with m.If(self.clear):
                     m.next = "RECV"  # a reset forgets the chain: nothing of it is handed on
-                with m.Elif(outs_free):
-                    m.d.comb += [app.flush.eq(1), app.restart.eq(1), app.init_pos.eq(end)]
-                    m.d.sync += [
-                        frames.valid.eq(1),
-                        frames.payload.start.eq(chain_start),
-                        frames.payload.total.eq(total),
-                        frames.payload.end.eq(end),
-                        frames.payload.drop.eq(chain_err | (total <= HDR_BYTES)),
-                        used.valid.eq(1),
-                        used.payload.id.eq(end_id),
-                        used.payload.count.eq(end_count),
-                        used.payload.error.eq(chain_err),
-                        used.payload.len.eq(0),  # 2.8.4: the device wrote nothing into a TX buffer
-                        chain_start.eq(end),
-                        chain_bytes.eq(0),
-                        chain_err.eq(0),
+                with m.Elif(frame_q.w_rdy & ~frame_waiting & used_out.i.ready):
+                    m.d.comb += [
+                        app.flush.eq(1),
+                        app.restart.eq(1),
+                        app.init_pos.eq(end),
+                        frame_push.eq(1),
+                        used_out.i.valid.eq(1),
                     ]
+                    m.d.sync += [chain_start.eq(end), chain_bytes.eq(0), chain_err.eq(0)]
                     m.next = "RECV"
         with m.If(self.clear):
             # Drop the chain in progress: its bytes were never handed on, so the ring space is reused.
             m.d.comb += [app.restart.eq(1), app.init_pos.eq(chain_start)]
             m.d.sync += [res_ptr.eq(chain_start), chain_bytes.eq(0), chain_err.eq(0), started.eq(0)]
-        m.d.comb += self.idle.eq(~expect.r_rdy)
+        # ``idle`` is a register (the engine's reset logic sits behind it): idle now and nothing started this
+        # cycle, so it may rise a cycle late but never claims idle while a read or a used element is owed.
+        idle_now = (expect.level == 0) & ~used_out.o.valid & used_out.i.ready
+        m.d.sync += self.idle.eq(idle_now & ~expect.w_en & ~used_out.i.valid)
         return m
 
 
