@@ -243,6 +243,9 @@ class PtileEndpointBench(BenchCommon):
             virtio_pcicfg_rdack=dut.virtio_pcicfg_rdack,
             virtio_pcicfg_rdbe=dut.virtio_pcicfg_rdbe,
             virtio_pcicfg_data=dut.virtio_pcicfg_data,
+            # FLR ports: the model drives flr_rcvd_pf low (it implements no FLR); the gateware's side is built
+            flr_rcvd_pf=dut.flr_rcvd_pf,
+            flr_completed_pf=dut.flr_completed_pf,
         )
         quiet(self.dev.log, level=log_level)
         quiet(self.rc.log, level=max(log_level, logging.ERROR))

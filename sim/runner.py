@@ -212,6 +212,7 @@ def run_scenario(
     sim_timeout_ms: float = 20.0,
     read_latency_ns: float | None = None,
     family: str = "usp",
+    dma_timeout_cycles: int = 1 << 16,
 ) -> dict:
     """Run ``module:function`` against the RTL; returns its dict plus ``sim_cycles``, DMA counts, guard check.
 
@@ -224,6 +225,8 @@ def run_scenario(
     environment (default 0, the model's own latency), so a whole test run can be repeated at a real host's.
     ``family`` picks the PCIe hard IP the endpoint is built for and simulated behind: ``"usp"`` (UltraScale+,
     :mod:`sim.usp`) or ``"ptile"`` (Intel P-tile with the VirtIO option, :mod:`sim.ptile`).
+    ``dma_timeout_cycles`` is the DMA engine's completion timeout of the build (default the product's 65536
+    cycles = 262 us; a shorter one makes runs that lose requests on purpose, such as FLR under load, cheaper).
     """
     if read_latency_ns is None:
         read_latency_ns = read_latency_from_env()
@@ -248,6 +251,7 @@ def run_scenario(
             waves=waves,
             extra_env=env,
             family=family,
+            dma_timeout_cycles=dma_timeout_cycles,
         )
         if not result_path.exists():
             raise SimulationError(f"scenario {scenario} wrote no result ({run_dir})")
