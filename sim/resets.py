@@ -344,7 +344,9 @@ async def resets_under_traffic(
             if watch.cycles() - t0 > flr_bound_cycles:
                 raise VirtioError(f"FLR not done within {flr_bound_cycles} cycles")
             await transport.sleep(1e-6)
-        done_at = dev_model.flr_done_cycles[-1]
+        if not flr_done_at:
+            raise VirtioError("the hard IP left FLR without a cfg_flr_done pulse")
+        done_at = flr_done_at[-1]
         watch.open("FLR", done_at, None)
         reset_cycles["flr"].append(done_at - t0)
         # pci_restore_state: BARs, then Device Control, then Command (memory space, bus master) last
@@ -358,6 +360,9 @@ async def resets_under_traffic(
         await transport.close()  # the MSI-X table and enable were reset: allocate the vectors again
         return await bring_up()
 
+    flr_done_at: list[int] = []  # cycles at which the model saw cfg_flr_done
+    if hasattr(bench.dev, "flr_done_callbacks"):
+        bench.dev.flr_done_callbacks.append(lambda: flr_done_at.append(watch.cycles()))
     try:
         drv = await bring_up()
         traffic.drv = drv

@@ -83,10 +83,31 @@ class TxDataMover(wiring.Component):
             exp_in.count.eq(seg.count),
             exp_in.error.eq(seg.error),
         ]
-        can = self.segs.valid & self.run & expect.w_rdy & room & (~needs_read | self.rd.req.ready)
+        # Frame hand-over queue, with room for every chain whose last read is issued.  Returned data must never
+        # wait on this stage (the ReadMux delivers in order: a beat that waits here blocks every other queue's
+        # reads behind it), so a chain's end must never wait for the sender: with a one-entry hand-over, a
+        # sender held up by eth_tx (loopback into an RX queue that needs a ring read) stopped this stage in
+        # END with the next chain's data at the ReadMux head, and the RX ring read behind it never came back:
+        # a deadlock (seen after an RX queue reset under 1500-byte traffic with back-pressure).  The last
+        # segment of a chain is therefore issued only when the queue has room for its frame.
+        m.submodules.frame_q = frame_q = fifo.SyncFIFO(width=FRAME.size, depth=self.max_reads)
+        unpushed = Signal(range(self.max_reads + 1))  # chains whose last read is issued, frame not yet queued
+        frame_room = Signal()
+        m.d.comb += frame_room.eq((unpushed + frame_q.r_level) < self.max_reads)
+        counts = self.segs.payload.last & ~seg.error
+        can = (
+            self.segs.valid
+            & self.run
+            & expect.w_rdy
+            & room
+            & (~needs_read | self.rd.req.ready)
+            & (~counts | frame_room)
+        )
         m.d.comb += [
             self.segs.ready.eq(can),
-            self.rd.req.valid.eq(self.segs.valid & self.run & needs_read & expect.w_rdy & room),
+            self.rd.req.valid.eq(
+                self.segs.valid & self.run & needs_read & expect.w_rdy & room & (~counts | frame_room)
+            ),
             self.rd.req.payload.addr.eq(seg.addr),
             self.rd.req.payload.len.eq(seg.len),
             expect.w_en.eq(can),
@@ -112,9 +133,15 @@ class TxDataMover(wiring.Component):
         resp = self.rd.resp
         frames = self.frames
         used = self.used
-        outs_free = (~frames.valid | frames.ready) & (~used.valid | used.ready)
-        with m.If(frames.valid & frames.ready):
-            m.d.sync += frames.valid.eq(0)
+        outs_free = frame_q.w_rdy & (~used.valid | used.ready)
+        frame_in = Signal(FRAME)
+        m.d.comb += [
+            frame_q.w_data.eq(frame_in),
+            frames.valid.eq(frame_q.r_rdy),
+            frames.payload.eq(frame_q.r_data),
+            frame_q.r_en.eq(frames.ready),
+        ]
+        pushed = Signal()
         with m.If(used.valid & used.ready):
             m.d.sync += used.valid.eq(0)
         m.d.comb += [app.data.eq(resp.payload.data), app.init_acc.eq(0)]
@@ -156,12 +183,15 @@ class TxDataMover(wiring.Component):
                     m.next = "RECV"  # a reset forgets the chain: nothing of it is handed on
                 with m.Elif(outs_free):
                     m.d.comb += [app.flush.eq(1), app.restart.eq(1), app.init_pos.eq(end)]
+                    m.d.comb += [
+                        frame_q.w_en.eq(1),
+                        pushed.eq(1),
+                        frame_in.start.eq(chain_start),
+                        frame_in.total.eq(total),
+                        frame_in.end.eq(end),
+                        frame_in.drop.eq(chain_err | (total <= HDR_BYTES)),
+                    ]
                     m.d.sync += [
-                        frames.valid.eq(1),
-                        frames.payload.start.eq(chain_start),
-                        frames.payload.total.eq(total),
-                        frames.payload.end.eq(end),
-                        frames.payload.drop.eq(chain_err | (total <= HDR_BYTES)),
                         used.valid.eq(1),
                         used.payload.id.eq(end_id),
                         used.payload.count.eq(end_count),
@@ -172,8 +202,11 @@ class TxDataMover(wiring.Component):
                         chain_err.eq(0),
                     ]
                     m.next = "RECV"
+        m.d.sync += unpushed.eq(unpushed + (can & counts) - pushed)
         with m.If(self.clear):
-            # Drop the chain in progress: its bytes were never handed on, so the ring space is reused.
+            # Drop the chain in progress: its bytes were never handed on, so the ring space is reused.  Queued
+            # frames stay (their used elements may be written); no read is in flight, so none is unpushed.
+            m.d.sync += unpushed.eq(0)
             m.d.comb += [app.restart.eq(1), app.init_pos.eq(chain_start)]
             m.d.sync += [res_ptr.eq(chain_start), chain_bytes.eq(0), chain_err.eq(0), started.eq(0)]
         m.d.comb += self.idle.eq(~expect.r_rdy)
