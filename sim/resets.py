@@ -71,6 +71,7 @@ class QuiesceWatch:
         self.without_bus_master = 0
         self.checked_windows = 0
         fn = bench.dev.functions[0] if getattr(bench.dev, "functions", None) else None
+        fn = fn if hasattr(fn, "bus_master_enable") else None
         original = bench._count_request
 
         def count_request(kind: str, addr: int, nbytes: int, tag: int | None = None) -> None:
@@ -84,15 +85,29 @@ class QuiesceWatch:
                 self._judge(name, rec)
 
         bench._count_request = count_request
-        sink = bench.dev.cc_sink
-        recv = sink.recv
+        sink = getattr(bench.dev, "cc_sink", None)
+        if sink is not None:  # UltraScale+: the completer completion stream itself
+            recv = sink.recv
 
-        async def cc_recv(*args, **kwargs):
-            frame = await recv(*args, **kwargs)
-            self.cc_cycles.append(bench.counters.cycles)
-            return frame
+            async def cc_recv(*args, **kwargs):
+                frame = await recv(*args, **kwargs)
+                self.cc_cycles.append(bench.counters.cycles)
+                return frame
 
-        sink.recv = cc_recv
+            sink.recv = cc_recv
+        else:  # other hard IP models (P-tile): completions as the device puts them on the link, a little later
+            from cocotbext.pcie.core.tlp import Tlp, TlpType
+
+            port = bench.dev.upstream_port
+            handle_tx = port.handle_tx
+            completions = (TlpType.CPL, TlpType.CPL_DATA)
+
+            async def tx(pkt) -> None:
+                if isinstance(pkt, Tlp) and pkt.fmt_type in completions:
+                    self.cc_cycles.append(bench.counters.cycles)
+                await handle_tx(pkt)
+
+            port.handle_tx = tx
 
     def cycles(self) -> int:
         return self.bench.counters.cycles
@@ -361,8 +376,15 @@ async def resets_under_traffic(
         return await bring_up()
 
     flr_done_at: list[int] = []  # cycles at which the model saw cfg_flr_done
+    monitor = getattr(bench, "dma_monitor", None)  # sim/dma_monitor.py: judges the link side as well
+
+    def flr_done() -> None:
+        flr_done_at.append(watch.cycles())
+        if monitor is not None:  # the monitor cannot see an FLR in the registers: tell it
+            monitor.note_function_reset()
+
     if hasattr(bench.dev, "flr_done_callbacks"):
-        bench.dev.flr_done_callbacks.append(lambda: flr_done_at.append(watch.cycles()))
+        bench.dev.flr_done_callbacks.append(flr_done)
     try:
         drv = await bring_up()
         traffic.drv = drv
