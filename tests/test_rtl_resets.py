@@ -140,3 +140,50 @@ def test_rtl_flr_product_timeout() -> None:
     """FLR under load on the product build (65536-cycle completion timeout)."""
     r = _run("flr", 2, seed=21, args={"flr_bound_cycles": 1_000_000}, sim_timeout_ms=40.0)
     _common(r, 2)
+
+
+def test_flr_handshake() -> None:
+    """hdl.top.function_level_reset: the core is asked while the hard IP is in FLR, cfg_flr_done pulses one
+    cycle after the core's flr_done (never before), and nothing re-arms until cfg_flr_in_process falls."""
+    from amaranth import Module, Signal
+    from amaranth.sim import Simulator
+
+    from hdl.top import function_level_reset
+
+    m = Module()
+    core = SimpleNamespace(flr=Signal(), flr_done=Signal())
+    in_process, done = Signal(), Signal()
+    reset_pulse = function_level_reset(m, core, in_process, done)
+    seen: list[tuple[int, int, int, int]] = []
+
+    async def bench(ctx) -> None:
+        async def step(n: int = 1) -> None:
+            for _ in range(n):
+                await ctx.tick()
+                seen.append((ctx.get(core.flr), ctx.get(reset_pulse), ctx.get(done), ctx.get(in_process)))
+
+        await step(3)
+        assert not any(s[0] or s[2] for s in seen)
+        ctx.set(in_process, 1)
+        await step(5)
+        assert ctx.get(core.flr) and not ctx.get(done)  # asked, waiting for the core
+        ctx.set(core.flr_done, 1)
+        assert ctx.get(reset_pulse)
+        await step()
+        ctx.set(core.flr_done, 0)
+        assert ctx.get(done) and not ctx.get(core.flr)  # one cycle after the core's reset
+        await step()
+        assert not ctx.get(done)
+        await step(5)  # still in process (the hard IP has not left FLR yet): no new request
+        assert not ctx.get(core.flr) and not ctx.get(done)
+        ctx.set(in_process, 0)
+        await step(2)
+        ctx.set(in_process, 1)
+        await step(2)
+        assert ctx.get(core.flr)  # a new FLR is a new request
+
+    sim = Simulator(m)
+    sim.add_clock(4e-9)
+    sim.add_testbench(bench)
+    sim.run()
+    assert sum(s[2] for s in seen) == 1  # exactly one cfg_flr_done pulse for the first FLR
