@@ -18,22 +18,13 @@ empty stub.  The real integrated block forwards configuration requests in its us
 
 Nothing here knows what the gateware puts in the window: the capabilities come from the DUT.
 
-**Function Level Reset** (the model declares ``cfg_flr_in_process``/``cfg_flr_done`` but implements neither, and
-its PCI Express capability ignores Initiate Function Level Reset): :class:`VirtioUspDevice` advertises FLR
-(Device Capabilities bit 28) and, on a Device Control write with bit 15 (PCIe Base 6.6.2), after the write's
-completion as the spec requires, resets the function's configuration state the way the hard IP does (Command:
-memory space and Bus Master Enable off, so the model drops requests from then on, as it does for any request
-with Bus Master Enable clear; the BAR addresses; MSI-X Enable and Function Mask; Device Control), raises
-``cfg_flr_in_process[f]`` and holds it until the gateware pulses ``cfg_flr_done[f]`` (PG213 "Configuration
-Control Interface"; the Xilinx example design answers with a one-cycle pulse).  ``flr_in_process(f)`` tells
-a test when the function is back (a real host waits 100 ms instead); ``flr_done_callbacks`` are called on the
-clock edge that saw the pulse; a done pulse without an FLR in progress counts in ``flr_spurious_done``.
+**Function Level Reset**: the model declares ``cfg_flr_in_process``/``cfg_flr_done`` but implements neither;
+:class:`sim.flr.FunctionLevelReset` adds them (PG213 "Configuration Control Interface").
 """
 
 from __future__ import annotations
 
 import logging
-from functools import partial
 
 import cocotb
 from cocotb.triggers import Lock, RisingEdge
@@ -41,6 +32,7 @@ from cocotbext.pcie.xilinx.us import UltraScalePlusPcieDevice
 from cocotbext.pcie.xilinx.us.usp_model import UltraScalePlusPcieFunction
 
 from hdl.pcie.cfgext import FIRST_CAP_OFFSET, USER_CONFIG_WINDOWS
+from sim.flr import FunctionLevelReset
 
 
 class CfgExtFunction(UltraScalePlusPcieFunction):
@@ -71,7 +63,7 @@ class CfgExtFunction(UltraScalePlusPcieFunction):
             await super().write_config_register(reg, data, mask)
 
 
-class VirtioUspDevice(UltraScalePlusPcieDevice):
+class VirtioUspDevice(FunctionLevelReset, UltraScalePlusPcieDevice):
     """UltraScalePlusPcieDevice + configuration-extend forwarding in ``cfg_ext_windows`` (byte ranges)."""
 
     def __init__(
@@ -88,10 +80,6 @@ class VirtioUspDevice(UltraScalePlusPcieDevice):
         self.cfg_ext_reads = 0
         self.cfg_ext_writes = 0
         self._cfg_ext_lock = Lock()
-        self.flr_count = 0
-        self.flr_spurious_done = 0
-        self.flr_done_callbacks: list = []
-        self._flr_active = 0
         super().__init__(*args, **kwargs)
         self.cfg_ext_enabled = self.cfg_ext_read_received is not None and self.cfg_ext_read_data is not None
         for f in self.functions:
@@ -99,14 +87,7 @@ class VirtioUspDevice(UltraScalePlusPcieDevice):
             # The PCIe capability is the last one of the hard IP's legacy list; point it at the user window.
             if self.cfg_ext_enabled and first_user_cap:
                 f.pcie_cap.next_cap = first_user_cap
-        self.flr_enabled = self.cfg_flr_in_process is not None and self.cfg_flr_done is not None
-        if self.flr_enabled:
-            self.cfg_flr_in_process.value = 0
-            for f in self.functions:
-                f.pcie_cap.function_level_reset_capability = True
-                f.pcie_cap.initiate_function_level_reset = partial(self._initiate_flr, f)
-                f.flr_defaults = (f.pcie_cap.max_payload_size, f.pcie_cap.max_read_request_size)
-            cocotb.start_soon(self._run_flr_done())
+        self.flr_setup(self.cfg_flr_in_process, self.cfg_flr_done, self.user_clk)
         self.log.info("cfg_ext windows: %s", ", ".join(f"{lo:#x}-{hi - 1:#x}" for lo, hi in self.cfg_ext_windows))
 
     def make_function(self):  # noqa: ANN201 - same signature as the base class
@@ -147,47 +128,6 @@ class VirtioUspDevice(UltraScalePlusPcieDevice):
             await edge
             self.cfg_ext_write_received.value = 0
             self.cfg_ext_writes += 1
-
-    # ---- Function Level Reset ----------------------------------------------------------------------------
-    def flr_in_process(self, function: int = 0) -> bool:
-        return bool(self._flr_active >> function & 1)
-
-    async def _initiate_flr(self, f) -> None:
-        """Device Control bit 15 written: reset the function's configuration state, then start the FLR."""
-        cocotb.start_soon(self._start_flr(f))  # after the configuration write's completion (PCIe Base 6.6.2)
-
-    async def _start_flr(self, f) -> None:
-        await RisingEdge(self.user_clk)
-        f.io_space_enable = f.memory_space_enable = f.bus_master_enable = False
-        f.parity_error_response_enable = f.serr_enable = f.interrupt_disable = False
-        for i, mask in enumerate(f.bar_mask):
-            f.bar[i] &= ~mask  # the address goes, the type bits stay
-        f.msix_cap.msix_enable = False
-        f.msix_cap.msix_function_mask = False
-        cap = f.pcie_cap
-        cap.max_payload_size, cap.max_read_request_size = f.flr_defaults
-        cap.correctable_error_reporting_enable = cap.non_fatal_error_reporting_enable = False
-        cap.fatal_error_reporting_enable = cap.unsupported_request_reporting_enable = False
-        cap.enable_relaxed_ordering = cap.extended_tag_field_enable = cap.enable_no_snoop = False
-        self._flr_active |= 1 << f.function_num
-        self.cfg_flr_in_process.value = self._flr_active
-        self.flr_count += 1
-
-    async def _run_flr_done(self) -> None:
-        edge = RisingEdge(self.user_clk)
-        while True:
-            await edge
-            done = self.cfg_flr_done.value
-            if not done.is_resolvable or not int(done):
-                continue
-            hit = int(done) & self._flr_active
-            if int(done) & ~self._flr_active & 0xF:
-                self.flr_spurious_done += 1
-            if hit:
-                self._flr_active &= ~hit
-                self.cfg_flr_in_process.value = self._flr_active
-                for callback in self.flr_done_callbacks:
-                    callback()
 
 
 def quiet(*loggers: logging.Logger | None, level: int = logging.WARNING) -> None:

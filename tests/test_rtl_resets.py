@@ -187,3 +187,14 @@ def test_flr_handshake() -> None:
     sim.add_testbench(bench)
     sim.run()
     assert sum(s[2] for s in seen) == 1  # exactly one cfg_flr_done pulse for the first FLR
+
+
+@pytest.mark.rtl
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["device", "queue", "flr"])
+def test_rtl_ptile_resets_under_traffic(kind: str) -> None:
+    """The P-tile build (its TX arbiter drops requests while Bus Master Enable is clear; FLR via flr_rcvd_pf /
+    flr_completed_pf), with back-pressure on the Avalon-ST streams."""
+    timeout = FLR_TIMEOUT_CYCLES if kind == "flr" else 1 << 16
+    r = _run(kind, 16, seed=31, family="ptile", backpressure=True, dma_timeout_cycles=timeout)
+    _common(r, 16)
