@@ -44,11 +44,30 @@ class FunctionLevelReset:
         if not self.flr_enabled:
             return
         in_process.value = 0
+        self.msix_after_flr = 0
+        self._msix_grace = 0
         for f in self.functions:
+            self._guard_msix(f)
             f.pcie_cap.function_level_reset_capability = True
             f.pcie_cap.initiate_function_level_reset = partial(self._initiate_flr, f)
             f.flr_defaults = (f.pcie_cap.max_payload_size, f.pcie_cap.max_read_request_size)
         cocotb.start_soon(self._run_flr_done())
+
+    def _guard_msix(self, f) -> None:
+        """The model turns an MSI-X request into an exception when MSI-X is disabled; the enable it shows the
+        gateware is a cycle late, so a request in the cycle the FLR cleared MSI-X Enable would end the run.  A
+        hard IP sends no message then (PG213 answers ``cfg_interrupt_msix_fail``); such requests are dropped and
+        counted in ``msix_after_flr``; at any other time a request while MSI-X is disabled still fails the run."""
+        cap = f.msix_cap
+        issue = cap.issue_msix_interrupt
+
+        async def guarded(*args, **kwargs) -> None:
+            if not cap.msix_enable and self._msix_grace:  # only in the cycles right after an FLR started
+                self.msix_after_flr += 1
+                return
+            await issue(*args, **kwargs)
+
+        cap.issue_msix_interrupt = guarded
 
     def flr_in_process(self, function: int = 0) -> bool:
         return bool(self._flr_active >> function & 1)
@@ -70,6 +89,7 @@ class FunctionLevelReset:
         cap.correctable_error_reporting_enable = cap.non_fatal_error_reporting_enable = False
         cap.fatal_error_reporting_enable = cap.unsupported_request_reporting_enable = False
         cap.enable_relaxed_ordering = cap.extended_tag_field_enable = cap.enable_no_snoop = False
+        self._msix_grace = 3  # cycles
         self._flr_active |= 1 << f.function_num
         self._flr_in_process.value = self._flr_active
         self.flr_count += 1
@@ -78,6 +98,8 @@ class FunctionLevelReset:
         edge = RisingEdge(self._flr_clock)
         while True:
             await edge
+            if self._msix_grace:
+                self._msix_grace -= 1
             done = self._flr_done.value
             if not done.is_resolvable or not int(done):
                 continue
