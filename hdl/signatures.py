@@ -163,6 +163,11 @@ class VirtioCoreSignature(wiring.Signature):
     outstanding DMA before reporting reset done).  ``msix_enabled`` (in) mirrors the function's MSI-X
     Enable bit.  ``eth_tx`` leaves the device, ``eth_rx`` enters it; the top level loops them back when no
     MAC is attached.
+
+    ``flr`` (in) is held by the top level while the hard IP reports a Function Level Reset in progress (PCIe
+    Base 6.6.2; PG213 ``cfg_flr_in_process``) and the core has not answered yet: the core stops starting DMA,
+    waits until nothing of it is in flight (``dma_busy`` included) and returns to its reset state, then pulses
+    ``flr_done`` (out) for one cycle; only then may the top level tell the hard IP the FLR is complete.
     """
 
     def __init__(self, data_width: int) -> None:
@@ -174,6 +179,8 @@ class VirtioCoreSignature(wiring.Signature):
                 "irq": Out(InterruptPort()),
                 "dma_busy": In(1),
                 "msix_enabled": In(1),
+                "flr": In(1),
+                "flr_done": Out(1),
                 "eth_tx": Out(EthernetStream(data_width)),
                 "eth_rx": In(EthernetStream(data_width)),
             }

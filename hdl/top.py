@@ -10,6 +10,8 @@ testbench without adapters:
   have left the hard IP; the DMA engine's write ``visible`` waits for them;
 * ``cfg_max_payload``, ``cfg_max_read_req``; the MSI-X external-table interface ``cfg_interrupt_msix_*``
   plus ``cfg_interrupt_msi_function_number``; the configuration-extend interface ``cfg_ext_*``;
+* ``cfg_flr_in_process`` (in) / ``cfg_flr_done`` (out): Function Level Reset (PCIe Base 6.6.2) of PF0, see
+  :func:`function_level_reset`;
 * two 64-bit Ethernet AXI streams (``eth_tx_*`` out, ``eth_rx_*`` in) and ``loopback_enable``: when set, the
   core's transmit stream is fed back to its receive stream inside and the external ports are idle.
 
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from amaranth import ClockDomain, Module
+from amaranth import ClockDomain, Module, ResetInserter, Signal
 from amaranth.back import verilog
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
@@ -90,6 +92,9 @@ def top_ports(data_width: int = 256, eth_width: int = ETH_WIDTH) -> list[tuple[s
         ("cfg_interrupt_msix_sent", "in", 1),
         ("cfg_interrupt_msix_fail", "in", 1),
         ("cfg_interrupt_msi_function_number", "out", 8),
+        # Function Level Reset, one bit per PF (PG213 "Configuration Control Interface"); PF0 is the device
+        ("cfg_flr_in_process", "in", 4),
+        ("cfg_flr_done", "out", 4),
         ("cfg_ext_read_received", "in", 1),
         ("cfg_ext_write_received", "in", 1),
         ("cfg_ext_register_number", "in", 10),
@@ -120,6 +125,34 @@ def pcie_test_core(data_width: int) -> wiring.Component:
 
 
 CORES: dict[str, Callable[[int], wiring.Component]] = {"virtio": _default_core, "test": pcie_test_core}
+
+
+def function_level_reset(m: Module, core: wiring.Component, in_process, done) -> Signal:
+    """FLR handshake of PF0 between the hard IP and the core; returns the one-cycle pulse that resets the rest
+    of the function's user-side state (the MSI-X table and PBA).
+
+    PG213: ``cfg_flr_in_process[f]`` rises when the host sets Initiate Function Level Reset in PF f's Device
+    Control and stays high until user logic pulses ``cfg_flr_done[f]`` (the Xilinx example design pulses it
+    one cycle); the hard IP resets the function's configuration space itself (Bus Master Enable, MSI-X Enable
+    and Function Mask, BARs).  PCIe Base 6.6.2 leaves the function 100 ms.  Here the core is asked (``flr``)
+    to quiesce and reset exactly as for a virtio device reset - no stage starts DMA, every read and write in
+    flight ends (completed, failed or timed out: the DMA engine's ``busy`` is part of it), then all device
+    state returns to its reset value - and only its ``flr_done`` releases ``cfg_flr_done``.  So every tag is
+    retired before the function is re-enabled: no completion of a request made before the FLR can be taken
+    for one made after it.  After ``cfg_flr_done`` nothing re-arms until ``cfg_flr_in_process`` has fallen.
+    """
+    asked = Signal()  # the core was asked and has not answered
+    answered = Signal()  # done was pulsed; wait for the hard IP to leave FLR
+    with m.If(in_process & ~asked & ~answered):
+        m.d.sync += asked.eq(1)
+    with m.If(core.flr_done & asked):
+        m.d.sync += [asked.eq(0), answered.eq(1)]
+    with m.If(~in_process):
+        m.d.sync += answered.eq(0)
+    pulse = Signal()
+    m.d.comb += [core.flr.eq(asked), pulse.eq(core.flr_done & asked)]
+    m.d.sync += done.eq(pulse)  # registered: cfg_flr_done follows the core's reset by one cycle
+    return pulse
 
 
 def planted_bug_core(bug: str) -> Callable[[int], wiring.Component]:
@@ -168,10 +201,15 @@ class VirtioNetEndpoint(wiring.Component):
         m.submodules.cfgext = cfgext = ConfigExtendResponder()
         m.submodules.arbiter = arbiter = RegisterArbiter(2)
         m.submodules.decoder = decoder = RegisterDecoder(device_map.MSIX_TABLE_OFFSET)
-        m.submodules.msix = msix = MsixBlock(
-            device_map.NUM_MSIX_VECTORS, device_map.MSIX_TABLE_OFFSET, device_map.MSIX_PBA_OFFSET
+        msix = MsixBlock(device_map.NUM_MSIX_VECTORS, device_map.MSIX_TABLE_OFFSET, device_map.MSIX_PBA_OFFSET)
+        # An assumed write acknowledgement (a report the hard IP never sends, e.g. for a TLP it dropped while Bus
+        # Master Enable was clear) waits no longer than a completion timeout.
+        m.submodules.dma = dma = DmaEngine(
+            w, timeout_cycles=self.dma_timeout_cycles, seq_timeout_cycles=min(4096, self.dma_timeout_cycles)
         )
-        m.submodules.dma = dma = DmaEngine(w, timeout_cycles=self.dma_timeout_cycles)
+        # ---- Function Level Reset: the core quiesces and resets; the MSI-X table and PBA reset with it
+        flr_reset = function_level_reset(m, core, self.cfg_flr_in_process[0], self.cfg_flr_done[0])
+        m.submodules.msix = ResetInserter(flr_reset)(msix)
 
         # ---- completer (CQ/CC)
         for k in ("tdata", "tkeep", "tlast", "tuser", "tvalid"):

@@ -34,6 +34,7 @@ from cocotbext.pcie.core.caps.common import PciCap
 from cocotbext.pcie.intel.ptile import PTilePcieDevice, PTileRxBus, PTileTxBus
 from cocotbext.pcie.intel.ptile.ptile_model import PTilePcieFunction
 
+from sim.flr import FunctionLevelReset
 from sim.testbench import BenchCommon, _be_bytes, _random_pauses
 from sim.usp import quiet
 from virtio_fpga import device_map, spec
@@ -116,7 +117,7 @@ class VirtioPtileFunction(PTilePcieFunction):
             self.virtio_caps.append(vc)
 
 
-class VirtioPtileDevice(PTilePcieDevice):
+class VirtioPtileDevice(FunctionLevelReset, PTilePcieDevice):
     """PTilePcieDevice + the VirtIO option for PF0 (capabilities from ``virtio_caps``, the pcicfg handshake)."""
 
     def __init__(self, *args, virtio_caps=device_map.VIRTIO_CAPS, pcicfg_timeout_cycles: int = 256, **kwargs):
@@ -129,6 +130,8 @@ class VirtioPtileDevice(PTilePcieDevice):
         self.virtio_enabled = self.virtio_pcicfg_cfgwr is not None and self.virtio_pcicfg_rdack is not None
         if self.virtio_enabled:
             self.functions[0].enable_virtio(self, tuple(virtio_caps))
+        # FLR (683059 4.2.2.2): flr_rcvd_pf high from the FLR until the gateware pulses flr_completed_pf
+        self.flr_setup(self.flr_rcvd_pf, self.flr_completed_pf, self.coreclkout_hip)
 
     def make_function(self):  # noqa: ANN201 - same signature as the base class
         self.default_function = VirtioPtileFunction
@@ -243,6 +246,9 @@ class PtileEndpointBench(BenchCommon):
             virtio_pcicfg_rdack=dut.virtio_pcicfg_rdack,
             virtio_pcicfg_rdbe=dut.virtio_pcicfg_rdbe,
             virtio_pcicfg_data=dut.virtio_pcicfg_data,
+            # FLR ports (the model declares them; sim.flr.FunctionLevelReset drives them)
+            flr_rcvd_pf=dut.flr_rcvd_pf,
+            flr_completed_pf=dut.flr_completed_pf,
         )
         quiet(self.dev.log, level=log_level)
         quiet(self.rc.log, level=max(log_level, logging.ERROR))

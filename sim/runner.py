@@ -238,9 +238,9 @@ def run_scenario(
     sim_timeout_ms: float = 20.0,
     read_latency_ns: float | None = None,
     family: str = "usp",
+    dma_timeout_cycles: int = 1 << 16,
     dma_monitor: str = "fail",
     planted_bug: str | None = None,
-    dma_timeout_cycles: int = 1 << 16,
 ) -> dict:
     """Run ``module:function`` against the RTL; returns its dict plus ``sim_cycles``, DMA counts, guard check.
 
@@ -253,12 +253,13 @@ def run_scenario(
     environment (default 0, the model's own latency), so a whole test run can be repeated at a real host's.
     ``family`` picks the PCIe hard IP the endpoint is built for and simulated behind: ``"usp"`` (UltraScale+,
     :mod:`sim.usp`) or ``"ptile"`` (Intel P-tile with the VirtIO option, :mod:`sim.ptile`).
+    ``dma_timeout_cycles`` is the DMA engine's completion timeout of the build (default the product's 65536
+    cycles = 262 us; a shorter one, a separate build, makes runs that lose requests on purpose cheaper: lost
+    completions in the fault tests, FLR under load).
     ``dma_monitor``: ``"fail"`` stops the run at the first stray DMA request (:class:`SimulationError`);
     ``"stop"`` stops there too but returns the result, with the violation in ``result["dma_violations"]``;
     ``"record"`` lets the scenario run on and returns every violation there.
     ``planted_bug`` (TEST ONLY) runs a build of the core with that deliberate bug (see :func:`build`).
-    ``dma_timeout_cycles``: the DMA engine's completion timeout the design is built with (a separate build; the
-    fault tests use a short one so that a lost completion ends in microseconds of simulated time).
     """
     if read_latency_ns is None:
         read_latency_ns = read_latency_from_env()
@@ -284,8 +285,8 @@ def run_scenario(
             waves=waves,
             extra_env=env,
             family=family,
-            planted_bug=planted_bug,
             dma_timeout_cycles=dma_timeout_cycles,
+            planted_bug=planted_bug,
         )
         if not result_path.exists():
             raise SimulationError(f"scenario {scenario} wrote no result ({run_dir})")

@@ -420,6 +420,8 @@ class EndpointBench(BenchCommon):
             cfg_ext_write_byte_enable=dut.cfg_ext_write_byte_enable,
             cfg_ext_read_data=dut.cfg_ext_read_data,
             cfg_ext_read_data_valid=dut.cfg_ext_read_data_valid,
+            cfg_flr_in_process=dut.cfg_flr_in_process,
+            cfg_flr_done=dut.cfg_flr_done,
         )
         quiet(self.dev.log, level=log_level)
         # the RootComplex warns about every empty slot it probes during enumeration: keep only errors

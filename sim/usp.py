@@ -17,6 +17,9 @@ empty stub.  The real integrated block forwards configuration requests in its us
   which is how the real core is configured to link user capabilities into its list (see hdl/pcie/README.md).
 
 Nothing here knows what the gateware puts in the window: the capabilities come from the DUT.
+
+**Function Level Reset**: the model declares ``cfg_flr_in_process``/``cfg_flr_done`` but implements neither;
+:class:`sim.flr.FunctionLevelReset` adds them (PG213 "Configuration Control Interface").
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from cocotbext.pcie.xilinx.us import UltraScalePlusPcieDevice
 from cocotbext.pcie.xilinx.us.usp_model import UltraScalePlusPcieFunction
 
 from hdl.pcie.cfgext import FIRST_CAP_OFFSET, USER_CONFIG_WINDOWS
+from sim.flr import FunctionLevelReset
 
 
 class CfgExtFunction(UltraScalePlusPcieFunction):
@@ -59,7 +63,7 @@ class CfgExtFunction(UltraScalePlusPcieFunction):
             await super().write_config_register(reg, data, mask)
 
 
-class VirtioUspDevice(UltraScalePlusPcieDevice):
+class VirtioUspDevice(FunctionLevelReset, UltraScalePlusPcieDevice):
     """UltraScalePlusPcieDevice + configuration-extend forwarding in ``cfg_ext_windows`` (byte ranges)."""
 
     def __init__(
@@ -83,6 +87,7 @@ class VirtioUspDevice(UltraScalePlusPcieDevice):
             # The PCIe capability is the last one of the hard IP's legacy list; point it at the user window.
             if self.cfg_ext_enabled and first_user_cap:
                 f.pcie_cap.next_cap = first_user_cap
+        self.flr_setup(self.cfg_flr_in_process, self.cfg_flr_done, self.user_clk)
         self.log.info("cfg_ext windows: %s", ", ".join(f"{lo:#x}-{hi - 1:#x}" for lo, hi in self.cfg_ext_windows))
 
     def make_function(self):  # noqa: ANN201 - same signature as the base class

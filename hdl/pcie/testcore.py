@@ -207,4 +207,7 @@ class DmaTestCore(wiring.Component):
 
         # ---- Ethernet: idle
         m.d.comb += self.eth_rx.ready.eq(1)
+        # FLR: the test core has no reset-sensitive state of its own; it answers once its copy and the DMA
+        # engine are idle (a copy started before the FLR finishes first).
+        m.d.comb += self.flr_done.eq(self.flr & ~busy & ~self.dma_busy)
         return m

@@ -455,3 +455,14 @@ class VirtioNetCore(wiring.Component):
             for q in queues:
                 if self.planted_bug != "read_after_reset":  # PLANTED BUG (test only): registers survive reset
                     m.d.sync += q.reset_statements()
+
+        # ---- Function Level Reset (PCIe Base 6.6.2), held by the top level while the hard IP is in FLR: the same
+        # quiesce as a device reset (reset_pending: no stage starts DMA, the reset waits for engine_idle and
+        # dma_busy), then ``flr_done``.  After the device-reset block on purpose: an FLR arriving in the cycle a
+        # driver's reset completes starts a reset of its own.  The provisioning mask survives, as with 2.4.
+        flr_seen = Signal()
+        m.d.comb += self.flr_done.eq(device_reset & flr_seen)
+        with m.If(device_reset):
+            m.d.sync += flr_seen.eq(0)
+        with m.If(self.flr & ~self.flr_done):
+            m.d.sync += [reset_pending.eq(1), flr_seen.eq(1)]

@@ -79,8 +79,15 @@ class TxDataMover(wiring.Component):
         m.submodules.req_out = req_out = SkidBuffer(DMA_REQ)
         m.submodules.resp_in = resp_in = SkidBuffer(read_beat(self.data_width))
         m.submodules.used_out = used_out = SkidBuffer(USED)
-        # Frames of complete chains; a reset does not drop them (their used elements may be written).
-        m.submodules.frame_q = frame_q = fifo.SyncFIFOBuffered(width=FRAME.size, depth=4)
+        # Frames of complete chains; a reset does not drop them (their used elements may be written).  It has room
+        # for every chain whose last read is issued (see ``frame_room``): returned data must never wait on this
+        # stage, because the ReadMux delivers in request order and a beat held here blocks every other queue's
+        # reads behind it.  With a short hand-over queue a sender held up by eth_tx (loopback into an RX queue
+        # that needs a ring read) stopped this stage at a chain's end with the next chain's data at the ReadMux
+        # head, and the RX ring read behind it never came back: a deadlock, seen by the reset campaign after an RX
+        # queue reset under 1500-byte traffic with back-pressure.
+        frame_depth = self.max_reads
+        m.submodules.frame_q = frame_q = fifo.SyncFIFOBuffered(width=FRAME.size, depth=frame_depth)
         wiring.connect(m, wiring.flipped(self.segs), seg_in.i)
         wiring.connect(m, req_out.o, wiring.flipped(self.rd.req))
         wiring.connect(m, wiring.flipped(self.rd.resp), resp_in.i)
@@ -125,7 +132,22 @@ class TxDataMover(wiring.Component):
             exp_in.count.eq(seg.count),
             exp_in.error.eq(seg.error),
         ]
-        can = seg_in.o.valid & self.run & expect.w_rdy & room & (~needs_read | req_out.i.ready)
+        # A chain's last segment is issued only while frame_q will have room for its frame.  ``frame_room`` is a
+        # register computed with one entry of margin: the count grows by at most one per cycle, so last cycle's
+        # "below depth - 1" still means "below depth" now.
+        ends_chain = seg.last & ~seg.error
+        unpushed = Signal(range(frame_depth + 1))  # chains whose last read is issued, frame not yet in frame_q
+        frame_room = Signal()
+        m.d.sync += frame_room.eq((unpushed + frame_q.level) < frame_depth - 1)
+        can = (
+            seg_in.o.valid
+            & self.run
+            & expect.w_rdy
+            & room
+            & (~needs_read | req_out.i.ready)
+            & (~ends_chain | frame_room)
+        )
+        m.d.sync += unpushed.eq(unpushed + (can & ends_chain) - frame_q.w_en)
         m.d.comb += [
             seg_in.o.ready.eq(can),
             expect.w_en.eq(can),
@@ -213,7 +235,10 @@ class TxDataMover(wiring.Component):
                     m.d.sync += [chain_start.eq(end), chain_bytes.eq(0), chain_err.eq(0)]
                     m.next = "RECV"
         with m.If(self.clear):
-            # Drop the chain in progress: its bytes were never handed on, so the ring space is reused.
+            # Drop the chain in progress: its bytes were never handed on, so the ring space is reused.  No read is
+            # in flight (clear comes only when quiesced) and a frame entering frame_q now is counted there: none
+            # is unpushed.
+            m.d.sync += unpushed.eq(0)
             m.d.comb += [app.restart.eq(1), app.init_pos.eq(chain_start)]
             m.d.sync += [res_ptr.eq(chain_start), chain_bytes.eq(0), chain_err.eq(0), started.eq(0)]
         # ``idle`` is a register (the engine's reset logic sits behind it): idle now and nothing started this

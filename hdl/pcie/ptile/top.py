@@ -11,6 +11,9 @@ P-tile model does, so the Quartus wrapper (``boards/quartus.py``) and the testbe
   683059 4.3.3 "TX Flow Control Interface" and 4.3.1 "RX Flow Control";
 * the configuration output bus ``tl_cfg_func/add/ctl`` (683059 4.9);
 * the VirtIO PCI configuration access interface ``virtio_pcicfg_*`` (683059 3.2.2.4);
+* the FLR interface ``flr_rcvd_pf`` (in: PF bits, high from the FLR until the application completes it) and
+  ``flr_completed_pf`` (out: a one-cycle pulse per PF), 683059 4.2.2.2; PF0 goes through the same handshake as
+  the UltraScale+ build (:func:`hdl.top.function_level_reset`);
 * the Ethernet pair and ``loopback_enable`` exactly as on the UltraScale+ top (``hdl/top.py``).
 
 Inside: :class:`~hdl.pcie.ptile.avst.RxSplitter` feeds the shared :class:`~hdl.pcie.completer.BarCompleter`
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from amaranth import ClockDomain, Module, Signal
+from amaranth import ClockDomain, Module, ResetInserter, Signal
 from amaranth.back import verilog
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
@@ -105,6 +108,8 @@ def ptile_top_ports(data_width: int = 256) -> list[tuple[str, str, int]]:
         ("virtio_pcicfg_rdack", "out", 1),
         ("virtio_pcicfg_rdbe", "out", 4),
         ("virtio_pcicfg_data", "out", 32),
+        ("flr_rcvd_pf", "in", 8),
+        ("flr_completed_pf", "out", 8),
     ]
     for prefix, sink in (("eth_tx", False), ("eth_rx", True)):
         d_in, d_out = ("in", "out") if sink else ("out", "in")
@@ -152,12 +157,15 @@ class PtileVirtioNetEndpoint(wiring.Component):
         m.submodules.pcicfg = pcicfg = VirtioPciCfgResponder(device_map.BAR, device_map.BAR_SIZE)
         m.submodules.arbiter = arbiter = RegisterArbiter(2)
         m.submodules.decoder = decoder = RegisterDecoder(device_map.MSIX_TABLE_OFFSET)
-        m.submodules.msix = msix = MsixBlock(
-            device_map.NUM_MSIX_VECTORS, device_map.MSIX_TABLE_OFFSET, device_map.MSIX_PBA_OFFSET
-        )
+        msix = MsixBlock(device_map.NUM_MSIX_VECTORS, device_map.MSIX_TABLE_OFFSET, device_map.MSIX_PBA_OFFSET)
         # The P-tile has no pcie_rq_seq_num: write visibility comes from the TX path itself (MSI-X is a memory
         # write behind the DMA writes), so the engine must not wait for sequence numbers that never come.
         m.submodules.dma = dma = DmaEngine(w, timeout_cycles=self.dma_timeout_cycles, seq_num_tracking=False)
+        # ---- Function Level Reset (683059 4.2.2.2): as on the UltraScale+ top; the MSI-X table resets with it
+        from hdl.top import function_level_reset
+
+        flr_reset = function_level_reset(m, core, self.flr_rcvd_pf[0], self.flr_completed_pf[0])
+        m.submodules.msix = ResetInserter(flr_reset)(msix)
         m.submodules.cc_tx = cc_tx = TxFromDescriptor(w, "cc")
         m.submodules.rq_tx = rq_tx = TxFromDescriptor(w, "rq")
         m.submodules.tx = tx = TxArbiter(w)
@@ -257,7 +265,10 @@ class PtileVirtioNetEndpoint(wiring.Component):
             dma.max_payload.eq(cfg.max_payload),
             dma.max_read_req.eq(cfg.max_read_req),
             dma.requester_function.eq(0),
-            core.dma_busy.eq(dma.busy),
+            # Without sequence numbers the engine's ``busy`` ends when a write's last beat left the engine; the
+            # TLP may still wait in the TX converter (credits, tx_st_ready).  A reset reads back 0 only after
+            # that (virtio 2.4.1, 4.1.4.3.2): the converter's ``idle`` counts too.
+            core.dma_busy.eq(dma.busy | ~rq_tx.idle),
         ]
 
         # ---- Ethernet: loopback inside at the core's width, or the external ports (as hdl/top.py)
