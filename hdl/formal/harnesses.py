@@ -218,16 +218,25 @@ class TxMoverHarness(Harness):
         env.assume(~dut.clear | (dut.idle & (outstanding == 0) & ~dut.run))
         req = dut.rd.req
         if self.want("read_in_segment"):
-            # The read must be exactly a buffer the stage holds: the segment on offer (read at hand-over)
-            # or the last one it accepted (a stage that issues one cycle after the hand-over).
-            last = Signal(len(Value.cast(seg)), reset_less=True)
-            last_ok = Signal(reset_less=True)
-            with m.If(dut.segs.valid & dut.segs.ready):
-                m.d.sync += [last.eq(seg), last_ok.eq(~seg.error)]
-            last_seg = SEGMENT(last)
+            # The read must be exactly a buffer the stage holds, in order: the reads are the non-error segments
+            # it accepted, each once (register slices may hold several between hand-over and issue), or the
+            # segment on offer when none is held (a stage that issues at hand-over).
+            held = ResetInserter(dut.clear)(fifo.SyncFIFO(width=64 + 17, depth=4))
+            m.submodules.held = held
+            taken = dut.segs.valid & dut.segs.ready & ~seg.error
+            m.d.comb += [
+                held.w_en.eq(taken),
+                held.w_data.eq(Cat(seg.addr, seg.len[:17])),
+                held.r_en.eq(req.valid & req.ready & held.r_rdy),
+            ]
+            head_addr, head_len = held.r_data[:64], held.r_data[64:]
             on_offer = dut.segs.valid & ~seg.error & (req_addr == seg.addr) & (req.payload.len == seg.len)
-            held = last_ok & (req_addr == last_seg.addr) & (req.payload.len == last_seg.len)
-            env.check(~req.valid | on_offer | held, "a buffer read that is not a buffer the stage was given")
+            in_order = held.r_rdy & (req_addr == head_addr) & (req.payload.len == head_len)
+            env.check(~taken | held.w_rdy, "more segments held than the harness tracks")
+            env.check(
+                ~req.valid | in_order | (~held.r_rdy & on_offer),
+                "a buffer read that is not the next buffer the stage was given",
+            )
             env.reach(req.valid & req.ready)
         if self.want("run_gate"):
             env.check(~req.valid | dut.run, "a buffer read while the queue is not running")
@@ -278,6 +287,7 @@ class _FakeRxBuffer:
         self.extractor = _FakeExtractor(dw)
         self.full = Signal(name="rx_full")
         self.frame_len = Signal(range(BUFFER_BYTES - HDR_BYTES + 1), name="rx_frame_len")
+        self.frame_bytes = Signal(range(BUFFER_BYTES + 1), name="rx_frame_bytes")  # header + frame, as stored
         self.consume = Signal(name="rx_consume")
 
 
@@ -292,6 +302,7 @@ class RxMoverHarness(Harness):
         rx = _FakeRxBuffer(dw)
         ext = rx.extractor
         m.submodules.dut = dut = RxDataMover(rx, dw)
+        m.d.comb += rx.frame_bytes.eq(rx.frame_len + HDR_BYTES)
         env.free(rx.full, rx.frame_len, ext.busy, ext.valid, ext.data, ext.keep, ext.last)
         env.free(dut.run, dut.clear, dut.discard, dut.used.ready)
         env.free_stream_in(dut.segs)
