@@ -275,6 +275,9 @@ class QueueModel:
     outstanding: list[Chain] = field(default_factory=list)
     next_id: int = 0
     ring_offset: int = 0  # 8 for the misaligned variant
+    suppressed: bool = False  # the driver's event suppression says DISABLE (2.8.10, 2.8.14)
+    suppress_clean: bool = False  # ... since a quiescent sync: no interrupt of this queue may come now
+    irq_base: int = 0
 
     def free(self) -> int:
         return self.size - sum(c.ndesc for c in self.outstanding)
@@ -596,6 +599,11 @@ class FuzzDriver:
             self.rx_assigned = 0
         self.loose = self.loose or self.stuck > 0
         q.__dict__.update(QueueModel(q.index, size=size, enabled=True, next_id=q.next_id).__dict__)
+
+    def _plan_events(self, queue, disable) -> None:
+        q = self.queues[queue]
+        q.suppressed = bool(disable)
+        q.suppress_clean = False
 
     def _plan_regs(self, accesses) -> None:
         pass
@@ -1050,6 +1058,8 @@ class FuzzDriver:
 
         async def progress() -> bool:
             nonlocal rx_done
+            if self._drain is not None:  # DMA seen so far is checked while its buffers are still outstanding
+                await self._drain()
             for queue in (TX, RX):
                 while (desc := self._used_at(queue)) is not None:
                     self.stats.used_checked += 1
@@ -1090,6 +1100,18 @@ class FuzzDriver:
         if await self._needs_reset():
             raise Failure("needs_reset_unexpected", "DEVICE_NEEDS_RESET set although no rule was broken")
         self.rx_assigned = max(0, self.rx_assigned - rx_done)
+        for _ in range(8):  # event reads and MSI-X of the last used elements: then the device is quiescent
+            await self._poll()
+        for q in self.queues:
+            count = self.t.irq_count(1 + q.index)
+            if q.suppressed and q.suppress_clean and count != q.irq_base:
+                raise Failure(
+                    "interrupt",
+                    f"queue {q.index}: {count - q.irq_base} used buffer notification(s) although the driver's "
+                    "event suppression said DISABLE (2.8.10, 2.8.14)",
+                )
+            q.irq_base = count
+            q.suppress_clean = q.suppressed
 
     async def _run_queue_reset(self, queue, size) -> None:
         q = self.queues[queue]
@@ -1114,6 +1136,12 @@ class FuzzDriver:
         if not self.unchecked() or True:
             await self._setup_queue(queue)
 
+    async def _run_events(self, queue, disable) -> None:
+        """The driver's event suppression structure: DISABLE or ENABLE used buffer notifications (2.8.10)."""
+        self._plan_events(queue, disable)
+        flags = EventFlags.DISABLE if disable else EventFlags.ENABLE
+        self.mem["drv"][queue].write(0, spec.EVENT_SUPPRESS.pack(flags=flags))
+
     async def _run_regs(self, accesses) -> None:
         for op, offset, size, value in accesses:
             if op == "r":
@@ -1136,6 +1164,7 @@ class FuzzDriver:
         self.stats.faults += 1
         if what == "driver_feature":
             await self._common_write("driver_feature_select", 0)
+            before = await self._common_read("driver_feature")
             await self._common_write("driver_feature", 0)
             if not self.unchecked():
                 got = await self._common_read("driver_feature")
@@ -1144,7 +1173,11 @@ class FuzzDriver:
                     bit = spec.feature_from_name(name)
                     want |= (1 << bit) if bit < 32 else 0
                 if got != want:
-                    raise Failure("register", f"driver_feature changed after FEATURES_OK: {got:#x}, not {want:#x}")
+                    raise Failure(
+                        "register",
+                        f"driver_feature (select 0) reads {got:#x} after a write of 0 following FEATURES_OK "
+                        f"(read {before:#x} before it), expected {want:#x}: writes after FEATURES_OK are ignored (3.1.1)",
+                    )
         else:
             queue = TX if what.endswith("tx") else RX
             await self._common_write("queue_select", queue)

@@ -145,6 +145,11 @@ class ProgramMachine(RuleBasedStateMachine):
     def kick(self, queue, mode) -> None:
         self._add(["kick", {"queue": queue, "mode": mode}])
 
+    @precondition(lambda self: self.model.running)
+    @rule(queue=st.sampled_from([RX, TX]), disable=st.booleans())
+    def event_suppression(self, queue, disable) -> None:
+        self._add(["events", {"queue": queue, "disable": disable}])
+
     @rule()
     def sync(self) -> None:
         self._add(["sync", {}])
@@ -225,6 +230,7 @@ class Job:
         steps: int = 30,
         on_sequence: Callable[[Stats], None] | None = None,
         shrink: bool = True,
+        shrink_budget: int = 300,
     ) -> None:
         self.profile = profile
         self.execute = execute
@@ -236,9 +242,15 @@ class Job:
         self.stats = Stats()
         self.failure: dict | None = None
         self.shrink_runs = 0
+        #: Programs run while shrinking, at most (an RTL run takes seconds): past it, every candidate "fails"
+        #: at once without running, which ends hypothesis' shrinking quickly; the shortest program that really
+        #: failed is kept.
+        self.shrink_budget = shrink_budget
 
     def _run_one(self, program: list) -> None:
         if self.failure is not None:  # shrinking: count the runs, keep the shortest failing program
+            if self.shrink_runs >= self.shrink_budget:
+                raise AssertionError("shrink budget spent")
             self.shrink_runs += 1
         try:
             result = self.execute(program)
