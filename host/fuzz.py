@@ -1176,7 +1176,7 @@ class FuzzDriver:
                     raise Failure(
                         "register",
                         f"driver_feature (select 0) reads {got:#x} after a write of 0 following FEATURES_OK "
-                        f"(read {before:#x} before it), expected {want:#x}: writes after FEATURES_OK are ignored (3.1.1)",
+                        f"(read {before:#x} before it), expected {want:#x}: later writes are ignored (3.1.1)",
                     )
         else:
             queue = TX if what.endswith("tx") else RX
