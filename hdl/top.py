@@ -122,6 +122,21 @@ def pcie_test_core(data_width: int) -> wiring.Component:
 CORES: dict[str, Callable[[int], wiring.Component]] = {"virtio": _default_core, "test": pcie_test_core}
 
 
+def planted_bug_core(bug: str) -> Callable[[int], wiring.Component]:
+    """TEST ONLY: a factory for the virtio core with a deliberate bug (``hdl.virtio.core.PLANTED_BUGS``).
+
+    Not in :data:`CORES`, so no ``core=`` string (and no CLI option) reaches it: only the DMA monitor's tests
+    build it, through ``sim.runner.build(planted_bug=...)``.
+    """
+
+    def factory(data_width: int) -> wiring.Component:
+        from hdl.virtio.core import VirtioNetCore
+
+        return VirtioNetCore(data_width=data_width, device_features=device_map.DEVICE_FEATURES, planted_bug=bug)
+
+    return factory
+
+
 class VirtioNetEndpoint(wiring.Component):
     """PCIe blocks + virtio core; ``core`` picks the core ("virtio", the product, or "test")."""
 

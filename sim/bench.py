@@ -13,12 +13,19 @@ Environment (set by :func:`sim.runner.run_scenario`):
 * ``VIRTIO_FPGA_FAMILY`` - "usp" (default: :class:`sim.testbench.EndpointBench`) or "ptile"
   (:class:`sim.ptile.PtileEndpointBench`), the hard IP the design was built for;
 * ``VIRTIO_FPGA_PEER`` - "soft": attach the software device too and pass its transport to the scenario as
-  ``peer_transport`` (for side-by-side comparisons in one simulation).
+  ``peer_transport`` (for side-by-side comparisons in one simulation);
+* ``VIRTIO_FPGA_DMA_MONITOR`` - "fail" (default): the DMA monitor (:mod:`sim.dma_monitor`) stops the scenario
+  at the first stray DMA request and the test fails; "stop": stops there too, but the result (with the
+  violation) is written and the test passes (for tests that expect one, the planted-bug tests); "record": the
+  scenario runs on, the violations go into the result and the test does not fail on them (fuzzing).  There is
+  no "off": on the virtio core the monitor always runs.
 
 The result is the function's dict plus ``sim_cycles``, ``dma_read_requests``, ``dma_write_requests``,
 ``dma_read_bytes``, ``dma_write_bytes`` (counted on the RQ bus from the end of enumeration to the end of the
-scenario), ``read_latency_ns``, ``guard_bytes_ok`` and ``guard_violations``.  The test fails if the scenario
-raises or a guard byte was overwritten.
+scenario), ``read_latency_ns``, ``guard_bytes_ok``, ``guard_violations``, ``dma_violations`` (the monitor's,
+as dicts: rule, tlp, addr, length, time_ns, cycle, queue, detail, text) and ``dma_monitor`` (its counters).
+The test fails if the scenario raises, a guard byte was overwritten or (in "fail" mode) the monitor saw a
+stray DMA request.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import json
 import os
 
 import cocotb
+from cocotb.triggers import Event, First
 
 from sim.testbench import EndpointBench
 from sim.transport import CocotbPcieTransport
@@ -80,8 +88,22 @@ async def run_scenario(dut) -> None:
         transport = rtl
         if peer_transport is not None:
             args = {**args, "peer_transport": peer_transport}
+    monitor = bench.dma_monitor
+    mode = os.environ.get("VIRTIO_FPGA_DMA_MONITOR", "fail") or "fail"
+    if mode not in ("fail", "stop", "record"):
+        raise ValueError(f"VIRTIO_FPGA_DMA_MONITOR must be 'fail', 'stop' or 'record', not {mode!r}")
+    tripped = Event()
+    if monitor is not None:
+        monitor.on_violation.append(lambda _v: tripped.set())
     before = bench.counters.as_dict()
-    result = await fn(transport, **args)
+    task = cocotb.start_soon(fn(transport, **args))
+    if monitor is not None and mode in ("fail", "stop"):
+        await First(task.complete, tripped.wait())  # stop at the first stray request, not at the end
+    else:
+        await task.complete
+    # A scenario the monitor stopped is not cancelled (its own error handling would see the cancellation): the
+    # test simply ends here, and the simulation with it.
+    result = task.result() if task.done() else {"stopped_by_dma_monitor": True}
     after = bench.counters.as_dict()
     out = dict(result or {})
     for key, value in after.items():
@@ -100,8 +122,12 @@ async def run_scenario(dut) -> None:
     out["guard_bytes_ok"] = not violations
     out["guard_violations"] = violations
     out["cfg_ext_timeouts"] = bench.dev.cfg_ext_timeouts
+    out["dma_violations"] = [v.as_dict() for v in monitor.violations] if monitor is not None else []
+    out["dma_monitor"] = monitor.stats() if monitor is not None else None
     path = os.environ.get("VIRTIO_FPGA_RESULT")
     if path:
         with open(path, "w") as f:
             json.dump(out, f, indent=2, default=str)
     assert not violations, f"DMA wrote outside its buffers: {violations}"
+    if monitor is not None and mode == "fail":
+        monitor.check()  # raises StrayDma naming the first violation

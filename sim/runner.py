@@ -34,7 +34,9 @@ class SimulationError(RuntimeError):
 FAMILIES = ("usp", "ptile")
 
 
-def _design_key(data_width: int, core: str, waves: bool, timeout: int, family: str = "usp") -> str:
+def _design_key(
+    data_width: int, core: str, waves: bool, timeout: int, family: str = "usp", planted_bug: str | None = None
+) -> str:
     h = hashlib.sha256()
     # the stand-in core does not use hdl/virtio: its builds survive edits there
     hdl_files = [
@@ -47,6 +49,8 @@ def _design_key(data_width: int, core: str, waves: bool, timeout: int, family: s
         h.update(str(f.relative_to(REPO)).encode())
         h.update(f.read_bytes())
     h.update(f"{data_width}:{core}:{waves}:{timeout}:{family}".encode())
+    if planted_bug is not None:
+        h.update(f":planted:{planted_bug}".encode())
     return h.hexdigest()[:16]
 
 
@@ -71,12 +75,19 @@ def build(
     waves: bool = False,
     dma_timeout_cycles: int = 1 << 16,
     family: str = "usp",
+    planted_bug: str | None = None,
 ) -> Path:
-    """Generate and compile the design; returns the build directory (cached)."""
+    """Generate and compile the design; returns the build directory (cached).
+
+    ``planted_bug`` (TEST ONLY, one of ``hdl.virtio.core.PLANTED_BUGS``) builds the virtio core with that
+    deliberate bug, for the DMA monitor's tests; it is kept in a build directory of its own.
+    """
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, not {family!r}")
-    key = _design_key(data_width, core, waves, dma_timeout_cycles, family)
-    suffix = "" if family == "usp" else f"_{family}"
+    if planted_bug is not None and core != "virtio":
+        raise ValueError("planted_bug needs the virtio core")
+    key = _design_key(data_width, core, waves, dma_timeout_cycles, family, planted_bug)
+    suffix = ("" if family == "usp" else f"_{family}") + (f"_planted_{planted_bug}" if planted_bug else "")
     build_dir = BUILD_ROOT / f"{TOPLEVEL}_{data_width}_{core}{suffix}_{key}"
     source = build_dir / f"{TOPLEVEL}.v"
     stamp = build_dir / ".built"
@@ -86,7 +97,7 @@ def build(
     with open(build_dir / ".lock", "w") as lock:  # two processes building the same design: one builds
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not stamp.exists():
-            _build_locked(build_dir, source, stamp, data_width, core, waves, dma_timeout_cycles, family)
+            _build_locked(build_dir, source, stamp, data_width, core, waves, dma_timeout_cycles, family, planted_bug)
     return build_dir
 
 
@@ -99,6 +110,7 @@ def _build_locked(
     waves: bool,
     dma_timeout_cycles: int,
     family: str = "usp",
+    planted_bug: str | None = None,
 ) -> None:
     from amaranth.back import verilog
     from cocotb_tools.runner import get_runner
@@ -108,7 +120,12 @@ def _build_locked(
     else:
         from hdl.top import VirtioNetEndpoint as Top
 
-    top = Top(data_width, core=core, dma_timeout_cycles=dma_timeout_cycles)
+    if planted_bug is not None:
+        from hdl.top import planted_bug_core
+
+        top = Top(data_width, core=planted_bug_core(planted_bug), dma_timeout_cycles=dma_timeout_cycles)
+    else:
+        top = Top(data_width, core=core, dma_timeout_cycles=dma_timeout_cycles)
     source.write_text(icarus_time_zero_fix(verilog.convert(top, name=TOPLEVEL, emit_src=False)))
     runner = get_runner("icarus")
     runner.build(
@@ -133,11 +150,19 @@ def run_cocotb(
     extra_env: dict[str, str] | None = None,
     dma_timeout_cycles: int = 1 << 16,
     family: str = "usp",
+    planted_bug: str | None = None,
 ) -> Path:
     """Run cocotb tests; raises :class:`SimulationError` if any fails.  Returns the run directory."""
     from cocotb_tools.runner import get_results, get_runner
 
-    build_dir = build(data_width, core=core, waves=waves, dma_timeout_cycles=dma_timeout_cycles, family=family)
+    build_dir = build(
+        data_width,
+        core=core,
+        waves=waves,
+        dma_timeout_cycles=dma_timeout_cycles,
+        family=family,
+        planted_bug=planted_bug,
+    )
     run_dir = Path(tempfile.mkdtemp(prefix="run_", dir=build_dir))
     results = run_dir / "results.xml"
     log_file = run_dir / "sim.log"
@@ -145,6 +170,7 @@ def run_cocotb(
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
         "COCOTB_LOG_LEVEL": os.environ.get("COCOTB_LOG_LEVEL", "WARNING"),
         "VIRTIO_FPGA_FAMILY": family,
+        "VIRTIO_FPGA_CORE": core,  # the bench attaches the virtio DMA monitor to every core but the test core
     }
     env.update(extra_env or {})
     runner = get_runner("icarus")
@@ -212,6 +238,8 @@ def run_scenario(
     sim_timeout_ms: float = 20.0,
     read_latency_ns: float | None = None,
     family: str = "usp",
+    dma_monitor: str = "fail",
+    planted_bug: str | None = None,
 ) -> dict:
     """Run ``module:function`` against the RTL; returns its dict plus ``sim_cycles``, DMA counts, guard check.
 
@@ -224,6 +252,10 @@ def run_scenario(
     environment (default 0, the model's own latency), so a whole test run can be repeated at a real host's.
     ``family`` picks the PCIe hard IP the endpoint is built for and simulated behind: ``"usp"`` (UltraScale+,
     :mod:`sim.usp`) or ``"ptile"`` (Intel P-tile with the VirtIO option, :mod:`sim.ptile`).
+    ``dma_monitor``: ``"fail"`` stops the run at the first stray DMA request (:class:`SimulationError`);
+    ``"stop"`` stops there too but returns the result, with the violation in ``result["dma_violations"]``;
+    ``"record"`` lets the scenario run on and returns every violation there.
+    ``planted_bug`` (TEST ONLY) runs a build of the core with that deliberate bug (see :func:`build`).
     """
     if read_latency_ns is None:
         read_latency_ns = read_latency_from_env()
@@ -239,6 +271,7 @@ def run_scenario(
             "VIRTIO_FPGA_PEER": peer or "",
             "VIRTIO_FPGA_SIM_TIMEOUT_MS": str(sim_timeout_ms),
             "VIRTIO_FPGA_READ_LATENCY_NS": repr(float(read_latency_ns)),
+            "VIRTIO_FPGA_DMA_MONITOR": dma_monitor,
         }
         run_dir = run_cocotb(
             "sim.bench",
@@ -248,6 +281,7 @@ def run_scenario(
             waves=waves,
             extra_env=env,
             family=family,
+            planted_bug=planted_bug,
         )
         if not result_path.exists():
             raise SimulationError(f"scenario {scenario} wrote no result ({run_dir})")

@@ -8,6 +8,8 @@
   serialises, per direction, with the sizes the model charges link time for (``Tlp.get_wire_size``);
 * the monitor also follows read tags (RQ read request -> RC completion with "request completed") to give the
   number of DMA reads in flight per cycle, and keeps a timed log of RQ requests for address-range accounting;
+* a :class:`sim.dma_monitor.DmaMonitor` (``bench.dma_monitor``) on the DUT's link: every DMA request is
+  judged against the virtio rules (rings, event suppression, outstanding buffers, resets, MSI-X);
 * optional *host read latency* (``read_latency_ns``, env ``VIRTIO_FPGA_READ_LATENCY_NS`` through
   :mod:`sim.bench`): see :class:`ReadLatency`;
 * optional *idle and back-pressure insertion*: random pauses on the model's sources (CQ, RC) and random
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import random
 from dataclasses import dataclass, field
 
@@ -35,6 +38,7 @@ from cocotbext.axi import AxiStreamBus
 from cocotbext.pcie.core import RootComplex
 from cocotbext.pcie.core.tlp import Tlp, TlpType
 
+from sim.dma_monitor import DmaMonitor
 from sim.usp import VirtioUspDevice, quiet
 from virtio_fpga import device_map
 
@@ -243,6 +247,12 @@ class BenchCommon:
         self.link = LinkCounters()
         _tap_link(self.dev.upstream_port, self.link.to_host)
         _tap_link(self.dev.upstream_port.other, self.link.to_device)
+        #: The DMA monitor (:mod:`sim.dma_monitor`): judges every request the device puts on the link against
+        #: the virtio rules.  On for every virtio build; ``None`` only for the PCIe test core
+        #: (``VIRTIO_FPGA_CORE=test``, set by :func:`sim.runner.run_cocotb`), which is not a virtio device.
+        self.dma_monitor: DmaMonitor | None = None
+        if os.environ.get("VIRTIO_FPGA_CORE", "virtio") != "test":
+            self.dma_monitor = DmaMonitor.attach(self)
         #: host read latency; ``bench.read_latency.latency_ns`` may be changed while the simulation runs
         self.read_latency = ReadLatency(self.rc, read_latency_ns)
         self.eth_tx_sink = None  # cocotbext-axi AxiStreamSink / AxiStreamSource after external_ethernet()

@@ -316,6 +316,14 @@ async def _serve(dut) -> None:
             backend.irq_count,
             session.counts,
         )
+        monitor = bench.dma_monitor
+        if monitor is not None:  # a served device has no test to fail: say what the DMA monitor saw
+            report_fn = log.error if monitor.violation_count else log.info
+            report_fn(
+                "rtl: DMA monitor %s%s",
+                monitor.stats(),
+                f"; first: {monitor.violations[0]}" if monitor.violations else "",
+            )
         if once:
             break
     listener.close()

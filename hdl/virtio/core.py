@@ -26,6 +26,12 @@ from virtio_fpga import device_map, spec
 from virtio_fpga.spec import Feature, Status
 
 NO_VECTOR = spec.VIRTIO_MSI_NO_VECTOR
+#: TEST ONLY: deliberate gateware bugs the DMA monitor's tests plant (``VirtioNetCore(planted_bug=...)``, reached
+#: only through ``sim.runner.build(planted_bug=...)``; the CLI's verilog/synth paths never pass it):
+#: the used element written one slot off (engine.py), RX buffers taken as 64 bytes longer than they are
+#: (engine.py), and queue registers that survive a device reset, so the next bring-up's kick reads the old ring
+#: after the reset read back 0 (here).
+PLANTED_BUGS = ("used_slot_off", "rx_past_end", "read_after_reset")
 NUM_QUEUES = device_map.NUM_QUEUES
 MAX_QUEUE_SIZE = device_map.MAX_QUEUE_SIZE
 
@@ -97,7 +103,17 @@ class VirtioNetCore(wiring.Component):
     #: Features this implementation knows how to honour (anything else offered would be a lie to the driver).
     SUPPORTED_FEATURES = device_map.IMPLEMENTED_FEATURES
 
-    def __init__(self, data_width: int = 256, device_features: int = device_map.DEVICE_FEATURES) -> None:
+    def __init__(
+        self,
+        data_width: int = 256,
+        device_features: int = device_map.DEVICE_FEATURES,
+        *,
+        planted_bug: str | None = None,
+    ) -> None:
+        if planted_bug is not None and planted_bug not in PLANTED_BUGS:
+            raise ValueError(f"planted_bug must be one of {PLANTED_BUGS} (test builds only), not {planted_bug!r}")
+        #: TEST ONLY (see PLANTED_BUGS): None in every real build.
+        self.planted_bug = planted_bug
         if data_width not in (128, 256, 512):
             raise ValueError(f"data_width must be 128, 256 or 512 (DMA beats hold whole descriptors), not {data_width}")
         unsupported = device_features & ~self.SUPPORTED_FEATURES
@@ -438,4 +454,5 @@ class VirtioNetCore(wiring.Component):
                 isr.eq(0),
             ]
             for q in queues:
-                m.d.sync += q.reset_statements()
+                if self.planted_bug != "read_after_reset":  # PLANTED BUG (test only): registers survive reset
+                    m.d.sync += q.reset_statements()

@@ -49,6 +49,7 @@ from virtio_fpga.spec import Feature, Status
 
 RX_QUEUE = spec.NET_RX_QUEUE
 TX_QUEUE = spec.NET_TX_QUEUE
+DESC_BYTES = spec.PACKED_DESC.size
 #: Bytes of the TX frame ring: room for the reads in flight at ~1 us of host latency plus two jumbo frames.
 TX_RING_BYTES = 32 * 1024
 assert TX_RING_BYTES >= 2 * (BUFFER_BYTES + 64)
@@ -88,7 +89,12 @@ def build_engine(core, m: Module) -> None:
     wiring.connect(m, tx_mover.frames, tx_sender.frames)
     wiring.connect(m, tx_mover.used, used[TX_QUEUE].used)
     m.d.comb += tx_mover.freed.eq(tx_sender.freed)
-    wiring.connect(m, parse[RX_QUEUE].segs, rx_mover.segs)
+    if core.planted_bug == "rx_past_end":  # PLANTED BUG (test only): RX buffers look 64 bytes longer
+        rx_segs, rx_in = parse[RX_QUEUE].segs, rx_mover.segs
+        m.d.comb += [rx_in.valid.eq(rx_segs.valid), rx_segs.ready.eq(rx_in.ready), rx_in.payload.eq(rx_segs.payload)]
+        m.d.comb += rx_in.payload.len.eq(rx_segs.payload.len + 64)
+    else:
+        wiring.connect(m, parse[RX_QUEUE].segs, rx_mover.segs)
     wiring.connect(m, rx_mover.used, used[RX_QUEUE].used)
 
     # ---- DMA clients onto the core's ports
@@ -147,7 +153,7 @@ def build_engine(core, m: Module) -> None:
             parse[i].size.eq(q.size),
             parse[i].clear.eq(clear),
             used[i].size.eq(q.size),
-            used[i].desc_base.eq(q.desc),
+            used[i].desc_base.eq(q.desc + (DESC_BYTES if core.planted_bug == "used_slot_off" else 0)),  # PLANTED
             used[i].device_area.eq(q.device),
             used[i].batch.eq(in_order if i == TX_QUEUE else 0),
             used[i].run.eq(run),
