@@ -135,8 +135,10 @@ async def _execute(bench, transport, program: list, seed: int) -> dict:
 class RtlWorker:
     """A simulator process running :func:`fuzz_worker`; :meth:`run` executes one program in it."""
 
-    def __init__(self, seed: int = 1) -> None:
+    def __init__(self, seed: int = 1, planted_bug: str | None = None) -> None:
         self.seed = seed
+        #: TEST ONLY: a build of the core with a deliberate bug (``hdl.virtio.core.PLANTED_BUGS``)
+        self.planted_bug = planted_bug
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.sim_us = 0.0
@@ -159,7 +161,7 @@ class RtlWorker:
 
         def target() -> None:
             try:
-                run_cocotb("sim.fuzz", testcase="fuzz_worker", extra_env=env)
+                run_cocotb("sim.fuzz", testcase="fuzz_worker", extra_env=env, planted_bug=self.planted_bug)
             except BaseException as exc:  # reported by run(): the simulation ended early
                 self._error = exc
 
@@ -249,19 +251,21 @@ def run_job(
     steps: int = 30,
     progress=None,
     shrink: bool = True,
+    planted_bug: str | None = None,
 ) -> dict:
     """One job: ``count`` sequences on ``device`` from hypothesis seed ``seed``; returns stats and any failure."""
     from devices.softnet import Fault
     from host.fuzz_machine import Job
 
     started = time.monotonic()
+    cpu_started = _cpu_seconds()
     worker = None
     if device == "soft":
         execute = soft_executor(seed, frozenset(Fault(f) for f in faults))
     else:
         if faults:
-            raise ValueError("planted faults are a switch of the software device")
-        worker = RtlWorker(seed)
+            raise ValueError("planted faults are a switch of the software device (planted_bug= for the RTL)")
+        worker = RtlWorker(seed, planted_bug)
         execute = lambda program: worker.run(program, seed)  # noqa: E731
     budget = 300 if device == "soft" else 40
     job = Job(
@@ -277,9 +281,22 @@ def run_job(
         "failure": job.failure,
         "shrink_runs": job.shrink_runs,
         "seconds": time.monotonic() - started,
+        "cpu_seconds": _cpu_seconds() - cpu_started,
         "sim_us": worker.sim_us if worker else 0.0,
         "seed": seed,
     }
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the simulators): a rate per CPU second does not
+    depend on how many other programs share the machine."""
+    import resource
+
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
 
 
 def _job_process(args: tuple, queue) -> None:
@@ -355,6 +372,10 @@ def run_campaign(
         "faults_planted": list(faults),
         "seconds": round(seconds, 2),
         "sequences_per_second": round(total.sequences / seconds, 2) if seconds else 0.0,
+        "cpu_seconds": round(sum(r["cpu_seconds"] for r in results), 1),
+        "sequences_per_cpu_second": round(total.sequences / max(1e-9, sum(r["cpu_seconds"] for r in results)), 3)
+        if results
+        else 0.0,
         "sim_us": round(sum(r["sim_us"] for r in results), 1),
         "shrink_runs": sum(r["shrink_runs"] for r in results),
         "found": failures,

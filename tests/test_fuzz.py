@@ -196,3 +196,23 @@ def test_rtl_campaign_1000() -> None:
     result = run_campaign("rtl", 1_000, seed=2000, steps=20)
     assert result["failures"] == 0, result["found"] or result["errors"]
     assert result["sequences"] >= 1_000
+
+
+PLANTED_KIND = {
+    # the used element one slot off: the driver never sees it where it must be, the monitor sees the write
+    "used_slot_off": ("stray_dma", "hang", "used_mismatch"),
+    # RX buffers taken as 64 bytes longer: the frame of a too-small chain is written past its end
+    "rx_past_end": ("stray_dma", "needs_reset_missing"),
+    # queue registers survive a device reset: DMA after the reset read back 0
+    "read_after_reset": ("stray_dma",),
+}
+
+
+@pytest.mark.rtl
+@pytest.mark.parametrize("bug", sorted(PLANTED_KIND))
+def test_planted_gateware_bug_is_found(bug: str) -> None:
+    """The DMA monitor's planted gateware bugs (test-only builds) are found by the fuzzer, without shrinking."""
+    result = run_job("rtl", 5, 6, steps=15, shrink=False, planted_bug=bug)
+    found = result["failure"]
+    assert found is not None, f"planted bug {bug} not found"
+    assert found["kind"] in PLANTED_KIND[bug], found
