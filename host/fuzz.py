@@ -84,7 +84,7 @@ RX_KINDS = (
     "too_long",
 )
 KICK_MODES = ("exact", "under", "over", "out_of_range", "narrow")
-RESET_VARIANTS = ("normal", "unoffered", "enable_early", "bad_size", "misaligned")
+RESET_VARIANTS = ("normal", "misaligned", "enable_early", "unoffered", "bad_size")
 
 #: What each malformed input must do, per device: ``reset`` (DEVICE_NEEDS_RESET once the device reaches it),
 #: ``ok`` (not an error: processed normally), ``taint`` (implementation-defined: only the safety checks apply

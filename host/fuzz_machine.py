@@ -50,7 +50,7 @@ FRAME_LEN = st.one_of(st.integers(14, 1514), st.sampled_from([14, 15, 60, 61, 15
 TX_KIND = _weighted(TX_KINDS, 16)
 RX_KIND = _weighted(RX_KINDS, 16)
 KICK_MODE = _weighted(KICK_MODES, 3)
-RESET_VARIANT = _weighted(RESET_VARIANTS, 6)
+RESET_VARIANT = _weighted(RESET_VARIANTS, 12)
 BAD_SIZE = st.one_of(st.just(0), st.integers(257, 0xFFFF))
 ACCESS = st.one_of(
     st.sampled_from(SAFE_READS).map(lambda a: ["r", a[0], a[1], 0]),

@@ -252,6 +252,7 @@ def run_job(
     progress=None,
     shrink: bool = True,
     planted_bug: str | None = None,
+    shrink_budget: int | None = None,
 ) -> dict:
     """One job: ``count`` sequences on ``device`` from hypothesis seed ``seed``; returns stats and any failure."""
     from devices.softnet import Fault
@@ -267,7 +268,7 @@ def run_job(
             raise ValueError("planted faults are a switch of the software device (planted_bug= for the RTL)")
         worker = RtlWorker(seed, planted_bug)
         execute = lambda program: worker.run(program, seed)  # noqa: E731
-    budget = 300 if device == "soft" else 40
+    budget = shrink_budget if shrink_budget is not None else (300 if device == "soft" else 40)
     job = Job(
         device, execute, seed=seed, count=count, steps=steps, on_sequence=progress, shrink=shrink, shrink_budget=budget
     )
