@@ -441,9 +441,10 @@ class FuzzDriver:
             q.avail_wrap ^= 1
         return chain
 
-    def _plan_rx(self, kind="ok", ndesc=1, lie=False) -> None:
+    def _plan_rx(self, kind="ok", ndesc=1, lie=False, capacity=RX_CAPACITY) -> None:
         q = self.queues[RX]
         w = int(DescFlag.WRITE)
+        capacity = max(1, min(capacity, RX_CAPACITY))
         if kind == "too_long":
             descs = [[True, "slab", 64, w | DescFlag.NEXT] for _ in range(q.size)]
         elif kind == "zero_len":
@@ -462,8 +463,8 @@ class FuzzDriver:
             descs = [[False, "ring", RX_CAPACITY, w]]
         elif kind == "overlap":
             descs = [[False, "overlap", RX_CAPACITY, w]]
-        else:
-            descs = [[True, "slab", n, w] for n in split(RX_CAPACITY, ndesc)]
+        else:  # a frame longer than the chain's capacity is the driver's error (5.1.6.3.1, no MRG_RXBUF)
+            descs = [[True, "slab", n, w] for n in split(capacity, ndesc)]
         for d in descs[:-1]:
             d[3] |= DescFlag.NEXT
         checked = kind not in ("overlap", "into_ring", "unmapped")
@@ -471,7 +472,7 @@ class FuzzDriver:
             for c in q.outstanding:
                 c.checked = False
             self.overlaps = getattr(self, "overlaps", 0) + 1
-        chain = self._new_chain(RX, descs, kind, RX_CAPACITY, checked)
+        chain = self._new_chain(RX, descs, kind, sum(d[2] for d in descs) if kind == "ok" else RX_CAPACITY, checked)
         chain.lie = lie
         chain.blocked = chain.blocked or lie
         self.stats.faults += kind != "ok"
@@ -534,6 +535,8 @@ class FuzzDriver:
         self.rx_assigned += 1
         for target in targets:
             outcome = self.rule(f"rx:{target.kind}")
+            if outcome == "ok" and target.kind == "ok" and HDR + chain.frame_len > target.frame_len:
+                outcome = self.rule("rx:too_small")  # the frame does not fit this chain (5.1.6.3.1)
             if outcome == "reset" and not self.stuck:
                 self.armed = True
             elif outcome != "ok":
@@ -883,10 +886,10 @@ class FuzzDriver:
         idx_, addr, length, fl = entries[0]
         self._write_desc(chain.queue, idx_, addr, length, chain.id, fl)
 
-    async def _run_rx(self, kind="ok", ndesc=1, lie=False) -> None:
+    async def _run_rx(self, kind="ok", ndesc=1, lie=False, capacity=RX_CAPACITY) -> None:
         q = self.queues[RX]
         head = (q.avail_idx, q.avail_wrap)
-        self._plan_rx(kind, ndesc, lie)
+        self._plan_rx(kind, ndesc, lie, capacity)
         self._post(q.outstanding[-1], *head)
 
     async def _run_tx(self, kind="ok", frame_len=60, ndesc=1, lie=False) -> None:

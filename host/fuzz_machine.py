@@ -25,6 +25,7 @@ from host.fuzz import (
     OPTIONAL_FEATURES,
     RESET_VARIANTS,
     RX,
+    RX_CAPACITY,
     RX_KINDS,
     SAFE_READS,
     SAFE_WRITES,
@@ -79,14 +80,17 @@ class ProgramMachine(RuleBasedStateMachine):
         self._add(["reset", {"features": features, "sizes": list(sizes)}])
 
     @precondition(lambda self: self.model.can_post(RX))
-    @rule(kind=RX_KIND, ndesc=st.integers(1, 3))
-    def post_rx(self, kind, ndesc) -> None:
+    @rule(kind=RX_KIND, ndesc=st.integers(1, 3), capacity=st.one_of(st.just(RX_CAPACITY), st.integers(26, RX_CAPACITY)))
+    def post_rx(self, kind, ndesc, capacity) -> None:
         q = self.model.queues[RX]
         if kind == "too_long" and q.free() != q.size:
             kind = "ok"
         if kind == "overlap" and not any(c.descs and c.descs[0][1] == "slab" for c in q.outstanding):
             kind = "ok"
-        self._add(["rx", {"kind": kind, "ndesc": min(ndesc, q.free())}])
+        args = {"kind": kind, "ndesc": min(ndesc, q.free())}
+        if kind == "ok" and capacity != RX_CAPACITY:
+            args["capacity"] = capacity
+        self._add(["rx", args])
 
     @precondition(lambda self: self.model.can_send())
     @rule(kind=TX_KIND, frame_len=FRAME_LEN, ndesc=st.integers(1, 4))
