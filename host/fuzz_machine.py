@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule, run_state_machine_as_test
 
 from host.fuzz import (
+    HDR,
     KICK_MODES,
     OPTIONAL_FEATURES,
     RESET_VARIANTS,
@@ -93,9 +94,15 @@ class ProgramMachine(RuleBasedStateMachine):
         self._add(["rx", args])
 
     @precondition(lambda self: self.model.can_send())
-    @rule(kind=TX_KIND, frame_len=FRAME_LEN, ndesc=st.integers(1, 4))
-    def send_tx(self, kind, frame_len, ndesc) -> None:
+    @rule(kind=TX_KIND, frame_len=FRAME_LEN, ndesc=st.integers(1, 4), near=st.one_of(st.none(), st.integers(-4, 64)))
+    def send_tx(self, kind, frame_len, ndesc, near) -> None:
+        """``near``: size the frame to the capacity of the receive chain it will land in, ``near`` bytes over it
+        (> 0: the chain is too small, 5.1.6.3.1; <= 0: it fits, exactly at 0): the boundary where a device's
+        length arithmetic goes wrong."""
         q = self.model.queues[TX]
+        ready = self.model.rx_ready_chains()
+        if near is not None and ready and not self.model.loose:
+            frame_len = max(14, min(1514, ready[0].frame_len - HDR + near))
         if kind == "too_long" and q.free() != q.size:
             kind = "ok"
         if kind == "overlap" and not any(c.descs and c.descs[0][1] == "slab" for c in q.outstanding):
