@@ -337,9 +337,15 @@ def run_campaign(
     results: list[dict] = []
     errors: list[str] = []
     started = time.monotonic()
+    interrupted = False
     while len(results) + len(errors) < len(procs):
         try:
             kind, job_seed, payload = queue.get(timeout=1.0)
+        except KeyboardInterrupt:  # Ctrl-C: stop the jobs, report what they had done
+            interrupted = True
+            for p in procs:
+                p.terminate()
+            break
         except Exception:
             if not any(p.is_alive() for p in procs) and queue.empty():
                 errors.append("a job process died without a result")
@@ -362,6 +368,11 @@ def run_campaign(
     total = Stats()
     for r in results:
         total.add(Stats(**r["stats"]))
+    if interrupted:  # the jobs without a result count with their last progress report
+        done = {r["seed"] for r in results}
+        for job_seed, stats in per_job.items():
+            if job_seed not in done:
+                total.add(Stats(**stats))
     failures = [r["failure"] | {"seed": r["seed"]} for r in results if r["failure"]]
     seconds = time.monotonic() - started
     return {
@@ -381,6 +392,7 @@ def run_campaign(
         "shrink_runs": sum(r["shrink_runs"] for r in results),
         "found": failures,
         "errors": errors,
+        "interrupted": interrupted,
     }
 
 

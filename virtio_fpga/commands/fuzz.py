@@ -133,6 +133,9 @@ def run(args: argparse.Namespace) -> int:
             f"{result['needs_reset_expected']} / seen {result['needs_reset_seen']} "
             f"({result['sequences_per_second']} seq/s on {result['jobs']} jobs)"
         )
+    if result["interrupted"]:
+        err.print("interrupted: the figures above are those of the sequences finished before Ctrl-C")
+        return 130
     return 0 if result["failures"] == 0 else 1
 
 
