@@ -538,7 +538,7 @@ class FuzzDriver:
             if outcome == "ok" and target.kind == "ok" and HDR + chain.frame_len > target.frame_len:
                 outcome = self.rule("rx:too_small")  # the frame does not fit this chain (5.1.6.3.1)
             if outcome == "reset" and not self.stuck:
-                self.armed = True
+                self.pending_break = self.armed = True
             elif outcome != "ok":
                 self._taint()
 

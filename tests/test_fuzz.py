@@ -220,7 +220,7 @@ PLANTED_KIND = {
 )
 def test_planted_gateware_bug_is_found(bug: str) -> None:
     """The DMA monitor's planted gateware bugs (test-only builds) are found by the fuzzer, without shrinking."""
-    result = run_job("rtl", 5, 6, steps=15, shrink=False, planted_bug=bug)
+    result = run_job("rtl", 5, 20, steps=20, shrink=False, planted_bug=bug)
     found = result["failure"]
     assert found is not None, f"planted bug {bug} not found"
     assert found["kind"] in PLANTED_KIND[bug], found
