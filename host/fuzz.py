@@ -944,7 +944,12 @@ class FuzzDriver:
     async def _expect_needs_reset(self, where: str) -> None:
         if not self.episode_expected:
             self.episode_expected = True
-        ok = await self._wait(self._needs_reset, self._poll_limit)
+
+        async def cond() -> bool:
+            await self._check_dma()  # a stray access is the earlier (and more precise) event
+            return await self._needs_reset()
+
+        ok = await self._wait(cond, self._poll_limit)
         if not ok:
             raise Failure(
                 "needs_reset_missing", f"{where}: a rule was broken but DEVICE_NEEDS_RESET is not set (2.1.2)"
