@@ -130,6 +130,20 @@ def test_features_ok_refusal(features: int, accepted: bool) -> None:
     simulate(tb)
 
 
+def test_driver_features_frozen_after_features_ok() -> None:
+    """3.1.1: the driver writes its features before FEATURES_OK; a later write (a hostile driver's) is ignored.
+    Found by ``virtio-fpga fuzz --device rtl``: the guard was an 8-bit ``~`` that was never zero."""
+
+    async def tb(ctx, core, regs):
+        assert await negotiate(ctx, regs, BASE_FEATURES) & Status.FEATURES_OK
+        for sel in range(2):
+            await regs.common_write(ctx, "driver_feature_select", sel)
+            await regs.common_write(ctx, "driver_feature", 0)
+            assert await regs.common_read(ctx, "driver_feature") == (BASE_FEATURES >> (32 * sel)) & 0xFFFF_FFFF
+
+    simulate(tb)
+
+
 def test_reset_clears_state_and_waits_for_dma_idle() -> None:
     async def tb(ctx, core, regs):
         assert await negotiate(ctx, regs, BASE_FEATURES) & Status.FEATURES_OK

@@ -323,7 +323,8 @@ class VirtioNetCore(wiring.Component):
             _, byte_off, _ = field_qword(spec.COMMON_CFG, name)
             return merge_bytes(old, wq, be, byte_off)
 
-        features_ok_set = device_status & Status.FEATURES_OK
+        # one bit: ``~`` of the 8-bit AND would be non-zero whatever FEATURES_OK is (the write was never ignored)
+        features_ok_set = (device_status & Status.FEATURES_OK).any()
 
         hit, _ = common_write("device_feature_select")
         with m.If(hit):
