@@ -4,22 +4,32 @@
   in-order *route FIFO*, because the ``DmaReadPort`` completes requests in issue order; returned beats go to
   the client at the head of that FIFO (the op-mux idea of Corundum's desc_op_mux, with order instead of tag
   bits).  Clients reserve room for their data before they ask, so returned data never waits on a client.
-* :class:`WriteMux`: round-robin over whole writes (request, then its beats); ``done`` pulses are routed back
-  in request order the same way.  Keeping one client's request and beats together is what keeps PCIe's
-  posted-write order (PCIe Base, ordering rule A2a) meaningful: a client that writes data and then a used
-  descriptor gets them onto the link in that order.
+* :class:`WriteMux`: round-robin over the clients' write requests; the client of every granted request goes
+  into the route FIFO (for its ``done``) and into a *data FIFO*, whose head names the client whose beats flow
+  now: a write's beats go to the DMA port together and in request order, so a request may be granted while
+  the beats of earlier ones still flow.  That is what keeps PCIe's posted-write order (PCIe Base, ordering rule
+  A2a) meaningful: a client that writes data and then a used descriptor gets them onto the link in that order
+  (the used element is made only after the data's last beat was taken, so its request is granted after the
+  data's).
+
+Register slices (:class:`~hdl.virtio.slice.StreamSlice`) sit on every client's request stream, on the requests
+to the DMA engine, on the returned read data and on the write beats to the DMA engine: no combinational path
+runs from one client through the arbitration into another client or into the DMA engine (each such path used
+to add the depth of both ends).  A request held in a slice is counted in flight by the client that issued it
+(its ``idle`` stays low until the request completes); ``outstanding`` counts from the grant on.
 
 Both count what is in flight (``outstanding``), which the engine uses to quiesce DMA before a reset reads 0.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Module, Mux, Signal
-from amaranth.lib import fifo, wiring
+from amaranth.hdl import Array, Cat, Module, Mux, Signal
+from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hdl.signatures import DmaReadPort, DmaWritePort
-from hdl.virtio.stream_types import ReadClient, WriteClient
+from hdl.virtio.slice import StreamSlice
+from hdl.virtio.stream_types import DMA_REQ, ReadClient, WriteClient, read_beat, write_beat
 
 
 def _round_robin(m: Module, requests: list, last: Signal, name: str) -> tuple[Signal, Signal]:
@@ -36,32 +46,33 @@ def _round_robin(m: Module, requests: list, last: Signal, name: str) -> tuple[Si
     return any_req, index
 
 
-def _arbitrate_requests(m: Module, clients: list, dma, route, may_issue, name: str) -> tuple:
-    """Round robin over the clients' ``req`` streams onto ``dma.req_*``; (fire, grant) of this cycle.
+def _arbitrate_requests(m: Module, reqs: list, out, route, may_issue, name: str) -> tuple:
+    """Round robin over the request streams ``reqs`` onto the stream ``out``; (fire, grant) of this cycle.
 
-    A grant is held until its request is accepted (stable payload, stream rules), but only while its client
-    still asks: a client may withdraw a request.  An accepted request's client goes into ``route``.
-    ``may_issue`` gates every request (e.g. no request while a write still owes beats).
+    A grant is held until its request is accepted (stable payload, stream rules), but only while its stream
+    still offers it.  An accepted request's client goes into ``route``.  ``may_issue`` gates every request
+    (e.g. no request while the write mux's data FIFO is full).
     """
-    n = len(clients)
+    n = len(reqs)
     last = Signal(range(n), name=f"{name}_last")
     held = Signal(name=f"{name}_held")
     held_idx = Signal(range(n), name=f"{name}_held_idx")
-    any_req, pick = _round_robin(m, [c.req.valid for c in clients], last, name)
-    hold_ok = held & Array(c.req.valid for c in clients)[held_idx]
+    any_req, pick = _round_robin(m, [r.valid for r in reqs], last, name)
+    hold_ok = held & Array(r.valid for r in reqs)[held_idx]
     grant = Signal(range(n), name=f"{name}_grant")
     m.d.comb += grant.eq(Mux(hold_ok, held_idx, pick))
-    req = Array(c.req for c in clients)[grant]
+    req = Array(reqs)[grant]
     valid = (hold_ok | any_req) & route.w_rdy & may_issue
     m.d.comb += [
-        dma.req_valid.eq(valid),
-        dma.req_addr.eq(req.payload.addr),
-        dma.req_len.eq(req.payload.len),
+        out.valid.eq(valid),
+        out.payload.addr.eq(req.payload.addr),
+        out.payload.len.eq(req.payload.len),
+        out.payload.client.eq(grant),
         route.w_data.eq(grant),
     ]
-    for i, c in enumerate(clients):
-        m.d.comb += c.req.ready.eq(valid & dma.req_ready & (grant == i))
-    fire = valid & dma.req_ready
+    for i, r in enumerate(reqs):
+        m.d.comb += r.ready.eq(valid & out.ready & (grant == i))
+    fire = valid & out.ready
     with m.If(fire):
         m.d.comb += route.w_en.eq(1)
         m.d.sync += [held.eq(0), last.eq(grant)]
@@ -90,6 +101,28 @@ class _DmaMux(wiring.Component):
         m.d.comb += self.outstanding.eq(route.r_level)
         return route
 
+    def _sliced_requests(self, m: Module) -> list:
+        """Each client's ``req`` through a register slice of its own; the slices' outputs, to arbitrate over."""
+        outs = []
+        for i, c in enumerate(self.clients()):
+            s = StreamSlice(DMA_REQ)
+            m.submodules[f"c{i}_req"] = s
+            m.d.comb += [s.i.valid.eq(c.req.valid), s.i.payload.eq(c.req.payload), c.req.ready.eq(s.i.ready)]
+            outs.append(s.o)
+        return outs
+
+    def _dma_request_slice(self, m: Module):
+        """The register slice in front of the DMA port's request (the request and its client); the slice."""
+        layout = data.StructLayout({"addr": 64, "len": DMA_REQ["len"].shape, "client": range(self.n)})
+        m.submodules.dma_req = s = StreamSlice(layout)
+        m.d.comb += [
+            self.dma.req_valid.eq(s.o.valid),
+            self.dma.req_addr.eq(s.o.payload.addr),
+            self.dma.req_len.eq(s.o.payload.len),
+            s.o.ready.eq(self.dma.req_ready),
+        ]
+        return s
+
 
 class ReadMux(_DmaMux):
     """``n`` :class:`ReadClient` ports (``c0`` .. ``c{n-1}``) onto one ``DmaReadPort`` (``dma``)."""
@@ -100,58 +133,102 @@ class ReadMux(_DmaMux):
     def elaborate(self, platform) -> Module:
         m = Module()
         cl = self.clients()
+        n = self.n
         route = self._route(m)
-        _arbitrate_requests(m, cl, self.dma, route, 1, "rd")
-        # ---- returned data to the client at the head of the route FIFO
-        head = route.r_data
-        for i, c in enumerate(cl):
-            m.d.comb += [
-                c.resp.payload.data.eq(self.dma.data),
-                c.resp.payload.keep.eq(self.dma.data_keep),
-                c.resp.payload.last.eq(self.dma.data_last),
-                c.resp.payload.error.eq(self.dma.error),
-                c.resp.valid.eq(self.dma.data_valid & route.r_rdy & (head == i)),
-            ]
-        m.d.comb += self.dma.data_ready.eq(route.r_rdy & Array(c.resp.ready for c in cl)[head])
+        _arbitrate_requests(m, self._sliced_requests(m), self._dma_request_slice(m).i, route, 1, "rd")
+        # ---- returned data: into a register slice with the client it belongs to (the route FIFO's head), out of
+        # it to that client
+        beat = read_beat(self.dma.data.shape().width)
+        m.submodules.resp = resp = StreamSlice(data.StructLayout({"beat": beat, "client": range(n)}))
+        m.d.comb += [
+            resp.i.valid.eq(self.dma.data_valid & route.r_rdy),
+            resp.i.payload.beat.data.eq(self.dma.data),
+            resp.i.payload.beat.keep.eq(self.dma.data_keep),
+            resp.i.payload.beat.last.eq(self.dma.data_last),
+            resp.i.payload.beat.error.eq(self.dma.error),
+            resp.i.payload.client.eq(route.r_data),
+            self.dma.data_ready.eq(resp.i.ready & route.r_rdy),
+        ]
         with m.If(self.dma.data_valid & self.dma.data_ready & self.dma.data_last):
             m.d.comb += route.r_en.eq(1)
+        to = resp.o.payload.client
+        for i, c in enumerate(cl):
+            m.d.comb += [c.resp.payload.eq(resp.o.payload.beat), c.resp.valid.eq(resp.o.valid & (to == i))]
+        m.d.comb += resp.o.ready.eq(Array(c.resp.ready for c in cl)[to])
         return m
 
 
 class WriteMux(_DmaMux):
     """``n`` :class:`WriteClient` ports (``c0`` .. ``c{n-1}``) onto one ``DmaWritePort`` (``dma``).
 
-    A granted client's request goes first, then its beats up to ``last``; the next request may be granted in
-    the cycle the last beat is accepted.
+    Each client's request and beats go through register slices of their own, so a client hands over a request
+    and its first beat in consecutive cycles, as it would to the DMA port itself.  Requests are granted round
+    robin (up to ``data_depth`` writes may owe beats); a client enters the data FIFO when the DMA port accepts
+    its request, and the beats are taken from the client at the head of that FIFO until its ``last``.
+
+    ``ordered_after`` (client index pairs ``(later, earlier)``): ``later``'s requests are not granted while
+    ``earlier`` has a request in its slice.  A client whose beats sit in its slice is not granted yet, so a
+    stage that learns "the data is out" from ``data.ready`` (the RX data mover, whose used element then goes
+    to the used writer, another client) must not be overtaken by what it caused: the engine passes
+    ``(used writer, data mover)``.
     """
 
-    def __init__(self, n: int, data_width: int, depth: int = 32) -> None:
+    def __init__(
+        self, n: int, data_width: int, depth: int = 32, data_depth: int = 4, ordered_after: tuple = ()
+    ) -> None:
+        self.data_depth = data_depth
+        self.ordered_after = tuple(ordered_after)
         super().__init__(n, WriteClient(data_width), DmaWritePort(data_width), depth)
 
     def elaborate(self, platform) -> Module:
         m = Module()
         cl = self.clients()
         n = self.n
+        dw = self.dma.data.shape().width
         route = self._route(m)
-        in_data = Signal()  # a granted request's beats are flowing
-        data_idx = Signal(range(n))
-        dclient = Array(c.data for c in cl)[data_idx]
-        beat = in_data & dclient.valid & self.dma.data_ready
-        ending = beat & dclient.payload.last
-        m.d.comb += [
-            self.dma.data_valid.eq(in_data & dclient.valid),
-            self.dma.data.eq(dclient.payload.data),
-            self.dma.data_keep.eq(dclient.payload.keep),
-            self.dma.data_last.eq(dclient.payload.last),
-        ]
+        # Writes granted whose beats are not all taken yet: at most ``data_depth``, so ``owed`` never overflows.
+        # A write's client enters ``owed`` when the DMA port accepts its request: its beats follow it.
+        owing = Signal(range(self.data_depth + 1))
+        m.submodules.owed = owed = fifo.SyncFIFO(width=max(1, (n - 1).bit_length()), depth=self.data_depth)
+        dreq = self._dma_request_slice(m)
+        req_slices = self._sliced_requests(m)
+        offers = []
+        for i, r in enumerate(req_slices):
+            earlier = [e for later, e in self.ordered_after if later == i]
+            if not earlier:
+                offers.append(r)
+                continue
+            # the same stream with its valid masked while an earlier client still waits for its grant
+            gated = stream.Signature(DMA_REQ).create(path=(f"c{i}_gated",))
+            blocked = Cat(*(req_slices[e].valid for e in earlier)).any()
+            m.d.comb += [
+                gated.valid.eq(r.valid & ~blocked),
+                gated.payload.eq(r.payload),
+                r.ready.eq(gated.ready),
+            ]
+            offers.append(gated)
+        fire, grant = _arbitrate_requests(m, offers, dreq.i, route, owing != self.data_depth, "wr")
+        m.d.comb += [owed.w_en.eq(dreq.o.valid & dreq.o.ready), owed.w_data.eq(dreq.o.payload.client)]
+        # ---- beats: each client's through its own slice, then from the oldest write still owing beats
+        beat_slices = []
         for i, c in enumerate(cl):
-            m.d.comb += c.data.ready.eq(in_data & self.dma.data_ready & (data_idx == i))
-        # A new request only when no beats are owed (or the last one goes this cycle).
-        fire, grant = _arbitrate_requests(m, cl, self.dma, route, ~in_data | ending, "wr")
-        with m.If(ending):
-            m.d.sync += in_data.eq(0)
-        with m.If(fire):
-            m.d.sync += [in_data.eq(1), data_idx.eq(grant)]
+            s = StreamSlice(write_beat(dw))
+            m.submodules[f"c{i}_data"] = s
+            m.d.comb += [s.i.valid.eq(c.data.valid), s.i.payload.eq(c.data.payload), c.data.ready.eq(s.i.ready)]
+            beat_slices.append(s.o)
+        data_idx = owed.r_data
+        src = Array(beat_slices)[data_idx]
+        m.d.comb += [
+            self.dma.data_valid.eq(owed.r_rdy & src.valid),
+            self.dma.data.eq(src.payload.data),
+            self.dma.data_keep.eq(src.payload.keep),
+            self.dma.data_last.eq(src.payload.last),
+        ]
+        for i, s in enumerate(beat_slices):
+            m.d.comb += s.ready.eq(owed.r_rdy & self.dma.data_ready & (data_idx == i))
+        ended = self.dma.data_valid & self.dma.data_ready & self.dma.data_last
+        m.d.comb += owed.r_en.eq(ended)
+        m.d.sync += owing.eq(owing + fire - ended)
         # ---- done pulses, in request order
         for i, c in enumerate(cl):
             m.d.comb += c.done.eq(self.dma.done & route.r_rdy & (route.r_data == i))
