@@ -5,20 +5,22 @@
   the client at the head of that FIFO (the op-mux idea of Corundum's desc_op_mux, with order instead of tag
   bits).  Clients reserve room for their data before they ask, so returned data never waits on a client.
 * :class:`WriteMux`: round-robin over the clients' write requests; the client of every granted request goes
-  into the route FIFO (for its ``done``) and into a *data FIFO*, whose head names the client whose beats flow
-  now: a write's beats go to the DMA port together and in request order, so a request may be granted while
-  the beats of earlier ones still flow.  That is what keeps PCIe's posted-write order (PCIe Base, ordering rule
-  A2a) meaningful: a client that writes data and then a used descriptor gets them onto the link in that order
-  (the used element is made only after the data's last beat was taken, so its request is granted after the
-  data's).
+  into the route FIFO (for its ``done``) and, once the DMA port has accepted the request, into a *data FIFO*
+  whose head names the client whose beats flow now: a write's beats go to the DMA port together, after their
+  request and in request order.  That is what keeps PCIe's posted-write order (PCIe Base, ordering rule A2a)
+  meaningful: a client that writes data and then a used descriptor gets them onto the link in that order.
+  Each client's beats wait in a small FIFO of its own until their request is through, so a client may hand
+  over its beats before its request is granted; a client that learns "my data is out" from its ``data.ready``
+  and tells another client (the RX data mover, whose used element goes to the used writer) must therefore not
+  be overtaken by it: ``ordered_after`` holds the later client's requests while the earlier one has a request
+  waiting.
 
-Register slices (:class:`~hdl.virtio.slice.StreamSlice`) sit on every client's request stream, on the requests
-to the DMA engine, on the returned read data and on the write beats to the DMA engine: no combinational path
-runs from one client through the arbitration into another client or into the DMA engine (each such path used
-to add the depth of both ends).  A request held in a slice is counted in flight by the client that issued it
-(its ``idle`` stays low until the request completes); ``outstanding`` counts from the grant on.
-
-Both count what is in flight (``outstanding``), which the engine uses to quiesce DMA before a reset reads 0.
+Register slices (:class:`~hdl.virtio.slice.StreamSlice`) sit on every client's request stream, on the write
+requests to the DMA engine (whose ``req_ready`` depends on the request's length) and on the returned read data:
+no combinational path runs from one client through the arbitration into another client or into the DMA engine
+(each such path used to add the depth of both ends).  A request held in a slice is counted in flight by the
+client that issued it (its ``idle`` stays low until the request completes); ``outstanding`` counts from the
+grant on, which the engine uses to quiesce DMA before a reset reads 0.
 """
 
 from __future__ import annotations
@@ -67,7 +69,6 @@ def _arbitrate_requests(m: Module, reqs: list, out, route, may_issue, name: str)
         out.valid.eq(valid),
         out.payload.addr.eq(req.payload.addr),
         out.payload.len.eq(req.payload.len),
-        out.payload.client.eq(grant),
         route.w_data.eq(grant),
     ]
     for i, r in enumerate(reqs):
@@ -135,7 +136,16 @@ class ReadMux(_DmaMux):
         cl = self.clients()
         n = self.n
         route = self._route(m)
-        _arbitrate_requests(m, self._sliced_requests(m), self._dma_request_slice(m).i, route, 1, "rd")
+        # The read port's ``req_ready`` is a register of the DMA engine's request FIFOs and it takes the request
+        # into RAM: the arbitration drives it directly (no slice, no cycle) from the clients' slices.
+        dreq = stream.Signature(DMA_REQ).create(path=("rd_req",))
+        m.d.comb += [
+            self.dma.req_valid.eq(dreq.valid),
+            self.dma.req_addr.eq(dreq.payload.addr),
+            self.dma.req_len.eq(dreq.payload.len),
+            dreq.ready.eq(self.dma.req_ready),
+        ]
+        _arbitrate_requests(m, self._sliced_requests(m), dreq, route, 1, "rd")
         # ---- returned data: into a register slice with the client it belongs to (the route FIFO's head), out of
         # it to that client
         beat = read_beat(self.dma.data.shape().width)
@@ -161,10 +171,11 @@ class ReadMux(_DmaMux):
 class WriteMux(_DmaMux):
     """``n`` :class:`WriteClient` ports (``c0`` .. ``c{n-1}``) onto one ``DmaWritePort`` (``dma``).
 
-    Each client's request and beats go through register slices of their own, so a client hands over a request
-    and its first beat in consecutive cycles, as it would to the DMA port itself.  Requests are granted round
-    robin (up to ``data_depth`` writes may owe beats); a client enters the data FIFO when the DMA port accepts
-    its request, and the beats are taken from the client at the head of that FIFO until its ``last``.
+    Each client's request goes through a register slice and its beats through a small FIFO of its own, so a
+    client hands over a request and its beats in consecutive cycles, as it would to the DMA port itself.
+    Requests are granted round robin (up to ``data_depth`` writes may owe beats); a client enters the data FIFO
+    when the DMA port accepts its request, and the beats are taken from the client at the head of that FIFO
+    until its ``last``.
 
     ``ordered_after`` (client index pairs ``(later, earlier)``): ``later``'s requests are not granted while
     ``earlier`` has a request in its slice.  A client whose beats sit in its slice is not granted yet, so a
@@ -208,24 +219,30 @@ class WriteMux(_DmaMux):
             ]
             offers.append(gated)
         fire, grant = _arbitrate_requests(m, offers, dreq.i, route, owing != self.data_depth, "wr")
+        m.d.comb += dreq.i.payload.client.eq(grant)
         m.d.comb += [owed.w_en.eq(dreq.o.valid & dreq.o.ready), owed.w_data.eq(dreq.o.payload.client)]
-        # ---- beats: each client's through its own slice, then from the oldest write still owing beats
-        beat_slices = []
+        # ---- beats: each client's into a FIFO of its own (``data_depth`` beats, LUT RAM: its ``ready`` and
+        # ``valid`` come from its level register, its data from the RAM), then from the oldest write still
+        # owing beats.  The FIFO takes a client's beats while its request is still on the way to the DMA port
+        # (two slices), so a client hands over a request and its beats back to back, as to the port itself.
+        beat_layout = write_beat(dw)
+        srcs = []
         for i, c in enumerate(cl):
-            s = StreamSlice(write_beat(dw))
-            m.submodules[f"c{i}_data"] = s
-            m.d.comb += [s.i.valid.eq(c.data.valid), s.i.payload.eq(c.data.payload), c.data.ready.eq(s.i.ready)]
-            beat_slices.append(s.o)
+            q = fifo.SyncFIFO(width=beat_layout.size, depth=self.data_depth)
+            m.submodules[f"c{i}_data"] = q
+            m.d.comb += [q.w_en.eq(c.data.valid), q.w_data.eq(c.data.payload), c.data.ready.eq(q.w_rdy)]
+            srcs.append(q)
         data_idx = owed.r_data
-        src = Array(beat_slices)[data_idx]
+        src_valid = Array(q.r_rdy for q in srcs)[data_idx]
+        src = beat_layout(Array(q.r_data for q in srcs)[data_idx])
         m.d.comb += [
-            self.dma.data_valid.eq(owed.r_rdy & src.valid),
-            self.dma.data.eq(src.payload.data),
-            self.dma.data_keep.eq(src.payload.keep),
-            self.dma.data_last.eq(src.payload.last),
+            self.dma.data_valid.eq(owed.r_rdy & src_valid),
+            self.dma.data.eq(src.data),
+            self.dma.data_keep.eq(src.keep),
+            self.dma.data_last.eq(src.last),
         ]
-        for i, s in enumerate(beat_slices):
-            m.d.comb += s.ready.eq(owed.r_rdy & self.dma.data_ready & (data_idx == i))
+        for i, q in enumerate(srcs):
+            m.d.comb += q.r_en.eq(owed.r_rdy & self.dma.data_ready & (data_idx == i))
         ended = self.dma.data_valid & self.dma.data_ready & self.dma.data_last
         m.d.comb += owed.r_en.eq(ended)
         m.d.sync += owing.eq(owing + fire - ended)

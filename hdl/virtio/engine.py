@@ -43,7 +43,7 @@ from hdl.virtio.framebuf import BUFFER_BYTES, RxFrameBuffer
 from hdl.virtio.irq import InterruptUnit
 from hdl.virtio.rxpath import RxDataMover
 from hdl.virtio.slice import StreamSlice
-from hdl.virtio.stream_types import DESC_ENTRY, SEGMENT, USED
+from hdl.virtio.stream_types import SEGMENT, USED
 from hdl.virtio.txpath import TxDataMover, TxFrameSender
 from hdl.virtio.used import EventNotifier, UsedWriter
 from virtio_fpga import spec
@@ -70,22 +70,21 @@ def build_engine(core, m: Module) -> None:
     parse = [ChainParser(device_writes=(q.index == RX_QUEUE)) for q in queues]
     used = [UsedWriter(dw) for _ in queues]
     events = [EventNotifier(dw) for _ in queues]
-    # Register slices on the streams between stages: each stage's ports are then registers on both sides, so
-    # no path adds the logic of two stages (hdl/virtio/slice.py).  What a slice holds belongs to its queue and
-    # is dropped with the queue's ``clear``.
-    desc_slices = [StreamSlice(DESC_ENTRY) for _ in queues]
-    seg_slices = [StreamSlice(SEGMENT) for _ in queues]
-    used_slices = [StreamSlice(USED) for _ in queues]
+    # Ready slices on the streams whose producer already drives registered valid/payload (parser -> movers,
+    # movers -> used writers): the consumer's late ``ready`` no longer runs back into the producer (and from
+    # there into the fetcher), and no cycle is added (hdl/virtio/slice.py).  The fetcher's output goes to the
+    # parser directly: the parser's ``ready`` is then one gate on registers.  What a slice holds belongs to its
+    # queue and is dropped with the queue's ``clear``.
+    seg_slices = [StreamSlice(SEGMENT, forward=False) for _ in queues]
+    used_slices = [StreamSlice(USED, forward=False) for _ in queues]
     for i in range(len(queues)):
         m.submodules[f"q{i}_fetch"] = fetch[i]
         m.submodules[f"q{i}_parse"] = parse[i]
         m.submodules[f"q{i}_used"] = used[i]
         m.submodules[f"q{i}_event"] = events[i]
-        m.submodules[f"q{i}_desc_slice"] = desc_slices[i]
         m.submodules[f"q{i}_seg_slice"] = seg_slices[i]
         m.submodules[f"q{i}_used_slice"] = used_slices[i]
-        wiring.connect(m, fetch[i].descs, desc_slices[i].i)
-        wiring.connect(m, desc_slices[i].o, parse[i].descs)
+        wiring.connect(m, fetch[i].descs, parse[i].descs)
         wiring.connect(m, parse[i].segs, seg_slices[i].i)
         wiring.connect(m, used_slices[i].o, used[i].used)
 
@@ -161,7 +160,6 @@ def build_engine(core, m: Module) -> None:
             fetch[i].kick_has_data.eq(q.kick_has_data),
             fetch[i].kick_next_off.eq(q.kick_next_off),
             fetch[i].kick_next_wrap.eq(q.kick_next_wrap),
-            desc_slices[i].clear.eq(clear),
             seg_slices[i].clear.eq(clear),
             used_slices[i].clear.eq(clear),
             parse[i].size.eq(q.size),
