@@ -34,51 +34,53 @@ from hdl.virtio.slice import StreamSlice
 from hdl.virtio.stream_types import DMA_REQ, ReadClient, WriteClient, read_beat, write_beat
 
 
-def _round_robin(m: Module, requests: list, last: Signal, name: str) -> tuple[Signal, Signal]:
-    """(any, index): the first requesting client after ``last`` (fair round robin)."""
-    n = len(requests)
-    index = Signal(range(n), name=f"{name}_pick")
-    any_req = Signal(name=f"{name}_any")
-    for start in range(n):
-        with m.If(last == start):
-            order = [(start + 1 + k) % n for k in range(n)]
-            for k in reversed(order):
-                with m.If(requests[k]):
-                    m.d.comb += [index.eq(k), any_req.eq(1)]
-    return any_req, index
-
-
 def _arbitrate_requests(m: Module, reqs: list, out, route, may_issue, name: str) -> tuple:
     """Round robin over the request streams ``reqs`` onto the stream ``out``; (fire, grant) of this cycle.
 
-    A grant is held until its request is accepted (stable payload, stream rules), but only while its stream
-    still offers it.  An accepted request's client goes into ``route``.  ``may_issue`` gates every request
-    (e.g. no request while the write mux's data FIFO is full).
+    The requests come from register slices, which never withdraw an offered request, so the arbitration is
+    one-hot and shallow: each client's "my turn" is one function of the others' ``valid`` and of the one-hot
+    ``last`` grant, and the payload is an AND-OR.  A grant is held until its request is accepted (stable
+    payload, stream rules).  An accepted request's client goes into ``route``.  ``may_issue`` gates every
+    request (e.g. no request while the write mux's data FIFO is full); like ``route.w_rdy`` it only falls when
+    a request is accepted, so an offered request stays offered.
     """
     n = len(reqs)
-    last = Signal(range(n), name=f"{name}_last")
-    held = Signal(name=f"{name}_held")
-    held_idx = Signal(range(n), name=f"{name}_held_idx")
-    any_req, pick = _round_robin(m, [r.valid for r in reqs], last, name)
-    hold_ok = held & Array(r.valid for r in reqs)[held_idx]
+    valids = [r.valid for r in reqs]
+    last = Signal(n, init=1 << (n - 1), name=f"{name}_last")  # one-hot: the client granted last
+    held = Signal(n, name=f"{name}_held")  # one-hot: the client offered but not yet accepted (0: none)
+    pick = Signal(n, name=f"{name}_pick")
+    for k in range(n):
+        turns = []
+        for start in range(n):  # after ``start``, clients are served in the order start + 1, start + 2, ...
+            before = [(start + 1 + j) % n for j in range((k - start - 1) % n)]
+            idle_before = ~Cat(*(valids[b] for b in before)).any() if before else 1
+            turns.append(last[start] & idle_before)
+        m.d.comb += pick[k].eq(valids[k] & Cat(*turns).any())
+    sel = Signal(n, name=f"{name}_sel")
+    m.d.comb += sel.eq(Mux(held.any(), held, pick))
     grant = Signal(range(n), name=f"{name}_grant")
-    m.d.comb += grant.eq(Mux(hold_ok, held_idx, pick))
-    req = Array(reqs)[grant]
-    valid = (hold_ok | any_req) & route.w_rdy & may_issue
+    for bit in range(len(grant)):
+        m.d.comb += grant[bit].eq(Cat(*(sel[i] for i in range(n) if (i >> bit) & 1)).any())
+    go = route.w_rdy & may_issue
+    valid = (held.any() | Cat(*valids).any()) & go
+    addr = 0
+    length = 0
+    for i, r in enumerate(reqs):
+        addr = addr | Mux(sel[i], r.payload.addr, 0)
+        length = length | Mux(sel[i], r.payload.len, 0)
+        m.d.comb += r.ready.eq(sel[i] & go & out.ready)
     m.d.comb += [
         out.valid.eq(valid),
-        out.payload.addr.eq(req.payload.addr),
-        out.payload.len.eq(req.payload.len),
+        out.payload.addr.eq(addr),
+        out.payload.len.eq(length),
         route.w_data.eq(grant),
     ]
-    for i, r in enumerate(reqs):
-        m.d.comb += r.ready.eq(valid & out.ready & (grant == i))
     fire = valid & out.ready
     with m.If(fire):
         m.d.comb += route.w_en.eq(1)
-        m.d.sync += [held.eq(0), last.eq(grant)]
+        m.d.sync += [held.eq(0), last.eq(sel)]
     with m.Elif(valid):
-        m.d.sync += [held.eq(1), held_idx.eq(grant)]
+        m.d.sync += held.eq(sel)
     return fire, grant
 
 
