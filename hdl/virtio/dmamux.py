@@ -237,15 +237,21 @@ class WriteMux(_DmaMux):
         data_idx = owed.r_data
         src_valid = Array(q.r_rdy for q in srcs)[data_idx]
         src = beat_layout(Array(q.r_data for q in srcs)[data_idx])
+        # A ready slice in front of the port: the DMA engine's ``data_ready`` (its own arithmetic) stops at a
+        # register instead of running on into the FIFOs here; no cycle is added.
+        m.submodules.beats = beats = StreamSlice(beat_layout, forward=False)
         m.d.comb += [
-            self.dma.data_valid.eq(owed.r_rdy & src_valid),
-            self.dma.data.eq(src.data),
-            self.dma.data_keep.eq(src.keep),
-            self.dma.data_last.eq(src.last),
+            beats.i.valid.eq(owed.r_rdy & src_valid),
+            beats.i.payload.eq(src),
+            self.dma.data_valid.eq(beats.o.valid),
+            self.dma.data.eq(beats.o.payload.data),
+            self.dma.data_keep.eq(beats.o.payload.keep),
+            self.dma.data_last.eq(beats.o.payload.last),
+            beats.o.ready.eq(self.dma.data_ready),
         ]
         for i, q in enumerate(srcs):
-            m.d.comb += q.r_en.eq(owed.r_rdy & self.dma.data_ready & (data_idx == i))
-        ended = self.dma.data_valid & self.dma.data_ready & self.dma.data_last
+            m.d.comb += q.r_en.eq(owed.r_rdy & beats.i.ready & (data_idx == i))
+        ended = beats.i.valid & beats.i.ready & src.last
         m.d.comb += owed.r_en.eq(ended)
         m.d.sync += owing.eq(owing + fire - ended)
         # ---- done pulses, in request order
