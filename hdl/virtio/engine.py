@@ -42,6 +42,8 @@ from hdl.virtio.fetch import DescFetcher
 from hdl.virtio.framebuf import BUFFER_BYTES, RxFrameBuffer
 from hdl.virtio.irq import InterruptUnit
 from hdl.virtio.rxpath import RxDataMover
+from hdl.virtio.slice import StreamSlice
+from hdl.virtio.stream_types import SEGMENT, USED
 from hdl.virtio.txpath import TxDataMover, TxFrameSender
 from hdl.virtio.used import EventNotifier, UsedWriter
 from virtio_fpga import spec
@@ -69,12 +71,23 @@ def build_engine(core, m: Module) -> None:
     parse = [ChainParser(device_writes=(q.index == RX_QUEUE)) for q in queues]
     used = [UsedWriter(dw) for _ in queues]
     events = [EventNotifier(dw) for _ in queues]
+    # Ready slices on the streams whose producer already drives registered valid/payload (parser -> movers,
+    # movers -> used writers): the consumer's late ``ready`` no longer runs back into the producer (and from
+    # there into the fetcher), and no cycle is added (hdl/virtio/slice.py).  The fetcher's output goes to the
+    # parser directly: the parser's ``ready`` is then one gate on registers.  What a slice holds belongs to its
+    # queue and is dropped with the queue's ``clear``.
+    seg_slices = [StreamSlice(SEGMENT, forward=False) for _ in queues]
+    used_slices = [StreamSlice(USED, forward=False) for _ in queues]
     for i in range(len(queues)):
         m.submodules[f"q{i}_fetch"] = fetch[i]
         m.submodules[f"q{i}_parse"] = parse[i]
         m.submodules[f"q{i}_used"] = used[i]
         m.submodules[f"q{i}_event"] = events[i]
+        m.submodules[f"q{i}_seg_slice"] = seg_slices[i]
+        m.submodules[f"q{i}_used_slice"] = used_slices[i]
         wiring.connect(m, fetch[i].descs, parse[i].descs)
+        wiring.connect(m, parse[i].segs, seg_slices[i].i)
+        wiring.connect(m, used_slices[i].o, used[i].used)
 
     ring_mem = memory.Memory(shape=unsigned(dw), depth=TX_RING_BYTES // (dw // 8), init=[])
     m.submodules.tx_ring = ring_mem
@@ -85,21 +98,23 @@ def build_engine(core, m: Module) -> None:
     m.submodules.irqs = irqs = InterruptUnit(len(queues))
     core.txbuf, core.rxbuf = tx_sender, rxbuf
 
-    wiring.connect(m, parse[TX_QUEUE].segs, tx_mover.segs)
+    wiring.connect(m, seg_slices[TX_QUEUE].o, tx_mover.segs)
     wiring.connect(m, tx_mover.frames, tx_sender.frames)
-    wiring.connect(m, tx_mover.used, used[TX_QUEUE].used)
+    wiring.connect(m, tx_mover.used, used_slices[TX_QUEUE].i)
     m.d.comb += tx_mover.freed.eq(tx_sender.freed)
     if core.planted_bug == "rx_past_end":  # PLANTED BUG (test only): RX buffers look 64 bytes longer
-        rx_segs, rx_in = parse[RX_QUEUE].segs, rx_mover.segs
+        rx_segs, rx_in = seg_slices[RX_QUEUE].o, rx_mover.segs
         m.d.comb += [rx_in.valid.eq(rx_segs.valid), rx_segs.ready.eq(rx_in.ready), rx_in.payload.eq(rx_segs.payload)]
         m.d.comb += rx_in.payload.len.eq(rx_segs.payload.len + 64)
     else:
-        wiring.connect(m, parse[RX_QUEUE].segs, rx_mover.segs)
-    wiring.connect(m, rx_mover.used, used[RX_QUEUE].used)
+        wiring.connect(m, seg_slices[RX_QUEUE].o, rx_mover.segs)
+    wiring.connect(m, rx_mover.used, used_slices[RX_QUEUE].i)
 
     # ---- DMA clients onto the core's ports
     m.submodules.rdmux = rdmux = ReadMux(5, dw)
-    m.submodules.wrmux = wrmux = WriteMux(3, dw)
+    # The RX used writer (client 1) is never granted before a request of the RX data mover (client 0) that
+    # waits in its slice: the used element it writes may describe that data (ordering rule 1).
+    m.submodules.wrmux = wrmux = WriteMux(3, dw, ordered_after=((1, 0),))
     readers = [fetch[RX_QUEUE].rd, fetch[TX_QUEUE].rd, tx_mover.rd, events[RX_QUEUE].rd, events[TX_QUEUE].rd]
     for client, port in zip(readers, rdmux.clients(), strict=True):
         wiring.connect(m, client, port)
@@ -138,7 +153,8 @@ def build_engine(core, m: Module) -> None:
         running.append(run)
         mover_idle = (rx_mover.idle & (rx_writes_owed == 0)) if i == RX_QUEUE else tx_mover.idle
         idle = Signal(name=f"q{i}_idle")
-        m.d.comb += idle.eq(fetch[i].idle & mover_idle & used[i].idle & events[i].idle)
+        # A used element in its slice is not written yet (the used writer drops it while the queue is stopped).
+        m.d.comb += idle.eq(fetch[i].idle & mover_idle & ~used_slices[i].busy & used[i].idle & events[i].idle)
         q_idle.append(idle)
         clear = Signal(name=f"q{i}_clear")
         clears.append(clear)
@@ -157,6 +173,8 @@ def build_engine(core, m: Module) -> None:
             fetch[i].kick_has_data.eq(q.kick_has_data),
             fetch[i].kick_next_off.eq(q.kick_next_off),
             fetch[i].kick_next_wrap.eq(q.kick_next_wrap),
+            seg_slices[i].clear.eq(clear),
+            used_slices[i].clear.eq(clear),
             parse[i].size.eq(q.size),
             parse[i].clear.eq(clear),
             used[i].size.eq(q.size),

@@ -105,10 +105,17 @@ class DescFetcher(wiring.Component):
         dead = Signal()  # a read failed: nothing more until clear
         inflight_beats = Signal(range(depth + 1))  # FIFO beats reserved by reads in flight
         reads_inflight = Signal(range(self.max_reads + 1))
-        # per read in flight: descriptors asked for (its beats follow in order)
-        m.submodules.reqs = reqs = fifo.SyncFIFO(width=16, depth=self.max_reads)
+        # per read in flight: its FIFO beats and the descriptors of its last beat (its beats follow in order)
+        read_entry = data.StructLayout({"beats": range(depth + 1), "last_cnt": range(pb + 1)})
+        m.submodules.reqs = reqs = fifo.SyncFIFO(width=read_entry.size, depth=self.max_reads)
 
-        # ---- issue side
+        # ---- issue side, compute then act.  Stage 1 (``plan``) works out the next read from this cycle's state
+        # and registers it; stage 2 issues the registered plan.  The plan may be used only while ``fresh``: it
+        # was made from the state that is still current.  Only an issue, a notification, the rollback after a
+        # discard and ``clear`` can make a plan too large or outdated (the FIFO's free room, the read slots and
+        # the hint otherwise only grow), and each of them makes the next cycle's plan stale; so a read goes
+        # out at most every other cycle, which is far more than the ring needs (a read carries up to
+        # ``max_burst`` descriptors).
         size = self.size
         ring_left = Signal(17)
         m.d.comb += ring_left.eq(size - fetch_idx)
@@ -128,42 +135,61 @@ class DescFetcher(wiring.Component):
         m.d.comb += lim_h.eq(Mux(hinted & (hint_dist < lim), hint_dist, lim))
         credit = Signal(17)
         m.d.comb += credit.eq(free_beats * pb)
-        count = Signal(17)
+        count = Signal(range(self.max_burst + 1))
         m.d.comb += count.eq(Mux(credit < lim_h, credit, lim_h))
-        want = (kick_pending | maybe_more) & self.run & ~discarding & ~dead
-        can_issue = want & (count != 0) & reqs.w_rdy & (reads_inflight < self.max_reads)
+
+        plan_ok = Signal()  # a read of plan_count descriptors fits (count != 0, a read slot and a reqs entry free)
+        plan_zero = Signal()  # the hint says nothing more is available
+        plan_more = Signal()  # after this read, more may be available (no hint, or the hint reaches beyond it)
+        plan_count = Signal.like(count)
+        plan_entry = Signal(read_entry)
+        plan_addr = Signal(64)
+        plan_idx = Signal(16)
+        plan_wrap = Signal()
+        fresh = Signal()
+        nidx, nwrap = advance(fetch_idx, fetch_wrap, count, size)
+        m.d.sync += [
+            plan_ok.eq((count != 0) & reqs.w_rdy & (reads_inflight < self.max_reads)),
+            plan_zero.eq(hinted & (hint_dist == 0)),
+            plan_more.eq(~hinted | (hint_dist > count)),
+            plan_count.eq(count),
+            plan_entry.beats.eq((count + pb - 1) // pb),
+            plan_entry.last_cnt.eq(((count - 1) & (pb - 1)) + 1),
+            plan_addr.eq(self.base + fetch_idx * DESC_BYTES),
+            plan_idx.eq(nidx),
+            plan_wrap.eq(nwrap),
+            fresh.eq(1),
+        ]
+        want = (kick_pending | maybe_more) & self.run & ~discarding & ~dead & fresh
         m.d.comb += [
-            self.rd.req.valid.eq(can_issue),
-            self.rd.req.payload.addr.eq(self.base + fetch_idx * DESC_BYTES),
-            self.rd.req.payload.len.eq(count * DESC_BYTES),
-            reqs.w_data.eq(count),
+            self.rd.req.valid.eq(want & plan_ok),
+            self.rd.req.payload.addr.eq(plan_addr),
+            self.rd.req.payload.len.eq(plan_count * DESC_BYTES),
+            reqs.w_data.eq(plan_entry),
         ]
         issue = self.rd.req.valid & self.rd.req.ready
-        beats_of = Signal(range(depth + 1))
-        m.d.comb += beats_of.eq((count + pb - 1) // pb)
-        with m.If(want & hinted & (hint_dist == 0)):
+        with m.If(want & plan_zero):
             # The driver's hint says nothing more is available: nothing to read until the next notification.
             m.d.sync += [kick_pending.eq(0), maybe_more.eq(0)]
         with m.Elif(issue):
-            nidx, nwrap = advance(fetch_idx, fetch_wrap, count, size)
             m.d.comb += reqs.w_en.eq(1)
             m.d.sync += [
-                fetch_idx.eq(nidx),
-                fetch_wrap.eq(nwrap),
+                fetch_idx.eq(plan_idx),
+                fetch_wrap.eq(plan_wrap),
                 kick_pending.eq(0),
-                maybe_more.eq(~hinted | (hint_dist > count)),
+                maybe_more.eq(plan_more),
                 self.reads.eq(self.reads + 1),
+                fresh.eq(0),
             ]
 
         # ---- return side
         resp = self.rd.resp
         m.d.comb += resp.ready.eq(1)  # room was reserved at issue
-        head_left = Signal(16)  # descriptors of the head read still to come
-        head_started = Signal()
-        head_n = Signal(16)
-        m.d.comb += head_n.eq(Mux(head_started, head_left, reqs.r_data))
+        head = Signal(read_entry)
+        m.d.comb += head.eq(reqs.r_data)
+        # descriptors in this beat: a full beat, except the read's last one (its count was worked out at issue)
         cnt = Signal(range(pb + 1))
-        m.d.comb += cnt.eq(Mux(head_n < pb, head_n, pb))
+        m.d.comb += cnt.eq(Mux(resp.payload.last, head.last_cnt, pb))
         descs = [resp.payload.data.word_select(j, 128) for j in range(pb)]
         avail = Signal(pb)
         for j, d in enumerate(descs):
@@ -185,7 +211,6 @@ class DescFetcher(wiring.Component):
             wp.en.eq(write_beat),
         ]
         with m.If(beat_in):
-            m.d.sync += [head_left.eq(head_n - cnt), head_started.eq(~resp.payload.last)]
             with m.If(write_beat):
                 m.d.sync += w_ptr.eq(w_ptr + 1)
             with m.If(~discarding):
@@ -210,30 +235,28 @@ class DescFetcher(wiring.Component):
                 m.d.sync += stop_in_head.eq(0)
 
         # reads and reservations in flight
-        reserved_of_head = Signal(range(depth + 1))
-        m.d.comb += reserved_of_head.eq((reqs.r_data + pb - 1) // pb)
         m.d.sync += [
-            inflight_beats.eq(inflight_beats + Mux(issue, beats_of, 0) - Mux(last_in, reserved_of_head, 0)),
+            inflight_beats.eq(inflight_beats + Mux(issue, plan_entry.beats, 0) - Mux(last_in, head.beats, 0)),
             reads_inflight.eq(reads_inflight + issue - last_in),
         ]
         # discarding ends once nothing is in flight: fetch again from the first descriptor not available
         with m.If(discarding & (reads_inflight == 0) & ~issue):
-            m.d.sync += [discarding.eq(0), fetch_idx.eq(ret_idx), fetch_wrap.eq(ret_wrap)]
+            m.d.sync += [discarding.eq(0), fetch_idx.eq(ret_idx), fetch_wrap.eq(ret_wrap), fresh.eq(0)]
 
         # ---- output: one descriptor per cycle from the committed beats
         sel = Signal(range(pb))
-        head = Signal(entry)
-        m.d.comb += [rp.addr.eq(r_ptr[: ptr_bits - 1]), head.eq(rp.data)]
+        out_beat = Signal(entry)
+        m.d.comb += [rp.addr.eq(r_ptr[: ptr_bits - 1]), out_beat.eq(rp.data)]
         have = commit_ptr != r_ptr
         out_desc = Signal(layouts.PACKED_DESC)
-        m.d.comb += out_desc.eq(head.beat.word_select(sel, 128) if pb > 1 else head.beat)
+        m.d.comb += out_desc.eq(out_beat.beat.word_select(sel, 128) if pb > 1 else out_beat.beat)
         m.d.comb += [
             self.descs.valid.eq(have),
             self.descs.payload.desc.eq(out_desc),
-            self.descs.payload.error.eq(head.error),
+            self.descs.payload.error.eq(out_beat.error),
         ]
         with m.If(self.descs.valid & self.descs.ready):
-            with m.If(sel + 1 >= head.count):
+            with m.If(sel + 1 >= out_beat.count):
                 m.d.sync += [sel.eq(0), r_ptr.eq(r_ptr + 1)]
             with m.Else():
                 m.d.sync += sel.eq(sel + 1)
@@ -242,7 +265,7 @@ class DescFetcher(wiring.Component):
 
         # ---- notifications and clear (after everything above: they take precedence)
         with m.If(self.kick):
-            m.d.sync += kick_pending.eq(1)
+            m.d.sync += [kick_pending.eq(1), fresh.eq(0)]
             with m.If(self.kick_has_data):
                 m.d.sync += [hint_valid.eq(1), hint_off.eq(self.kick_next_off), hint_wrap.eq(self.kick_next_wrap)]
             with m.Else():
@@ -263,6 +286,6 @@ class DescFetcher(wiring.Component):
                 commit_ptr.eq(0),
                 r_ptr.eq(0),
                 sel.eq(0),
-                head_started.eq(0),
+                fresh.eq(0),
             ]
         return m

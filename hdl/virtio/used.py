@@ -4,9 +4,10 @@
 the used slot (one aligned quadword: the flags become visible together with id and len; ``addr`` is left as the
 driver wrote it), and the used position moves on by the chain's descriptor count (2.8.6).  With
 VIRTIO_F_IN_ORDER (2.8.21.1, ``batch``) consecutive elements that are already waiting are folded into one used
-descriptor carrying the last buffer id.  The first time a queue is enabled it writes the device's own event
-suppression structure (ENABLE, 2.8.10).  An ``error`` element stops the queue: ``fatal`` pulses once every
-element before it has been written, and everything after it is dropped until ``clear``.
+descriptor carrying the last buffer id; the pending element waits while an earlier used write is still in
+flight, so that elements completing meanwhile join it.  The first time a queue is enabled it writes the
+device's own event suppression structure (ENABLE, 2.8.10).  An ``error`` element stops the queue: ``fatal``
+pulses once every element before it has been written, and everything after it is dropped until ``clear``.
 
 ``EventNotifier`` (2.8.10, 2.8.14): once used writes are out (their ``done`` came back, so a read issued now is
 ordered behind them on RQ, PCIe Base B2a), it reads the driver's event suppression structure once for the whole
@@ -103,7 +104,10 @@ class UsedWriter(wiring.Component):
                     m.next = "DEVEVT"
                 with m.Elif(~self.run):
                     m.d.sync += pend.eq(0)
-                with m.Elif(pend & ~(self.used.valid & can_fold) & inflight.w_rdy):
+                # With IN_ORDER the pending element also waits while an earlier used write is still on its way
+                # (its ``done`` has not come back): elements that complete meanwhile fold into it, so under load
+                # one write covers a batch instead of racing each chain to the link.
+                with m.Elif(pend & ~(self.used.valid & can_fold) & inflight.w_rdy & ~(self.batch & inflight.r_rdy)):
                     m.d.comb += writing.eq(1)
                     m.next = "USED"
             with m.State("USED"):
