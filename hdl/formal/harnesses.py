@@ -239,7 +239,15 @@ class TxMoverHarness(Harness):
             )
             env.reach(req.valid & req.ready)
         if self.want("run_gate"):
-            env.check(~req.valid | dut.run, "a buffer read while the queue is not running")
+            # The mover's read requests leave through a two-entry register slice, so a read it issued while the
+            # queue ran may still be offered after ``run`` fell (it is in flight: ``idle`` stays low for it).  A
+            # read may newly appear on the port only while running, a cycle after (the slice's register), or
+            # right behind one just taken (the slice's second entry moving up).
+            held = env.prev(req.valid & ~req.ready, "tx_req_held")
+            taken = env.prev(req.valid & req.ready, "tx_req_taken")
+            was_running = env.prev(dut.run, "tx_was_running")
+            appears = req.valid & ~held
+            env.check(~appears | dut.run | was_running | taken, "a buffer read started while the queue is not running")
             env.reach(req.valid & req.ready)
         if self.want("used_after_data"):
             # A used element (not an error) only once every read of its chain has completed: count reads
@@ -303,6 +311,7 @@ class RxMoverHarness(Harness):
         ext = rx.extractor
         m.submodules.dut = dut = RxDataMover(rx, dw)
         m.d.comb += rx.frame_bytes.eq(rx.frame_len + HDR_BYTES)
+        env.assume(rx.frame_len <= BUFFER_BYTES - HDR_BYTES)  # the frame buffer stores at most this (its range)
         env.free(rx.full, rx.frame_len, ext.busy, ext.valid, ext.data, ext.keep, ext.last)
         env.free(dut.run, dut.clear, dut.discard, dut.used.ready)
         env.free_stream_in(dut.segs)
@@ -318,20 +327,26 @@ class RxMoverHarness(Harness):
         m.d.comb += wlen.eq(dut.wr.req.payload.len + (1 if self.mutation == "write_past_end" else 0))
         req = dut.wr.req
         if self.want("write_in_buffer"):
-            last = Signal(len(Value.cast(seg)), reset_less=True)
-            last_ok = Signal(reset_less=True)
-            with m.If(dut.segs.valid & dut.segs.ready):
-                m.d.sync += [last.eq(seg), last_ok.eq(~seg.error)]
-            last_seg = SEGMENT(last)
+            # The mover takes segments through a two-entry register slice and works on one more, so a write
+            # belongs to one of the last three segments it accepted (or the one on offer): it must lie inside one
+            # of them.  ``clear`` (a reset, only while idle) forgets them.
+            held = [Signal(len(Value.cast(seg)), reset_less=True, name=f"rx_seg{i}") for i in range(3)]
+            held_ok = [Signal(name=f"rx_seg{i}_ok") for i in range(3)]
+            with m.If(dut.clear):
+                m.d.sync += [ok.eq(0) for ok in held_ok]
+            with m.Elif(dut.segs.valid & dut.segs.ready):
+                m.d.sync += [held[0].eq(seg), held_ok[0].eq(~seg.error)]
+                m.d.sync += [held[i].eq(held[i - 1]) for i in range(1, 3)]
+                m.d.sync += [held_ok[i].eq(held_ok[i - 1]) for i in range(1, 3)]
 
             def inside(s):
                 return (req.payload.addr >= s.addr) & (req.payload.addr + wlen <= s.addr + s.len)
 
             on_offer = dut.segs.valid & ~seg.error & inside(seg)
-            env.check(
-                ~req.valid | ((wlen != 0) & (on_offer | (last_ok & inside(last_seg)))),
-                "a receive write outside the buffer it was given",
-            )
+            in_held = on_offer
+            for h_seg, h_ok in zip(held, held_ok, strict=True):
+                in_held = in_held | (h_ok & inside(SEGMENT(h_seg)))
+            env.check(~req.valid | ((wlen != 0) & in_held), "a receive write outside the buffers it was given")
             env.reach(req.valid & req.ready)
         if self.want("quiet_after_clear"):
             stopped = Signal(reset_less=True)

@@ -126,7 +126,7 @@ PROPERTIES: list[Property] = [
     _p(
         "tx.run_gate",
         "TxDataMover",
-        "no buffer read while the queue is not running",
+        "no buffer read starts while the queue is not running (one issued before may wait in the output slice)",
         h.TxMoverHarness,
         "run_gate",
         ci=True,

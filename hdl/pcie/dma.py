@@ -679,19 +679,30 @@ class DmaEngine(wiring.Component):
         with m.If(order_fifo.r_rdy & ~o_zero):
             m.d.sync += avail_ptr.eq(head_end - head_rem)
         # Fault handling: a tag retired with an error goes into quarantine instead of back to the free FIFO.
+        # Where a retired tag goes (free FIFO or quarantine) is applied from registers one cycle after the retire:
+        # the retire decision already reads the order FIFO and two per-tag muxes, and the free FIFO's write port
+        # is shared with the quarantine release.  The tag is no longer busy from the retire on (``clr_busy``), so
+        # no completion is taken for it in between; it just becomes reusable a cycle later.
         set_quar = Signal(nt)
         clr_quar = Signal(nt)
+        ret_valid = Signal()
+        ret_tag = Signal(tbits)
+        ret_err = Signal()
+        m.d.sync += [ret_valid.eq(retire & ~o_zero), ret_tag.eq(o_tag), ret_err.eq(head_err)]
         retire_free = Signal()
-        m.d.comb += retire_free.eq(retire & ~o_zero & ~head_err)
+        m.d.comb += retire_free.eq(ret_valid & ~ret_err)
+        with m.If(retire_free):
+            m.d.comb += [free_fifo.w_en.eq(1), free_fifo.w_data.eq(ret_tag)]
+        with m.If(ret_valid & ret_err):
+            for i in range(nt):
+                with m.If(ret_tag == i):
+                    m.d.comb += set_quar[i].eq(1)
         with m.If(retire):
             m.d.comb += order_fifo.r_en.eq(1)
             with m.If(~o_zero):
-                with m.If(~head_err):
-                    m.d.comb += [free_fifo.w_en.eq(1), free_fifo.w_data.eq(o_tag)]
                 for i in range(nt):
                     with m.If(o_tag == i):
                         m.d.comb += clr_busy[i].eq(1)
-                        m.d.comb += set_quar[i].eq(head_err)
             with m.If(o_last):
                 m.d.comb += [err_fifo.w_en.eq(1), err_fifo.w_data.eq(err_acc | head_err | o_zero)]
                 m.d.sync += err_acc.eq(0)

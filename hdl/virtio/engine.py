@@ -159,7 +159,12 @@ def build_engine(core, m: Module) -> None:
         clear = Signal(name=f"q{i}_clear")
         clears.append(clear)
         # RING_RESET (2.6.1, 4.1.4.3.2): once nothing of the queue is in flight, forget its state.
-        queue_reset_done = q.reset_req & idle & ~core.reset_pending
+        # ``idle`` is taken from a register (the stages' idle logic and the clear fan-out into every stage would
+        # otherwise be one combinational path): idle in the previous cycle while the queue was not running means
+        # idle now, since a stage starts work only while ``run`` is high, and ``run`` is low while reset_req is.
+        idle_stopped = Signal(name=f"q{i}_idle_stopped")
+        m.d.sync += idle_stopped.eq(idle & ~run)
+        queue_reset_done = q.reset_req & idle_stopped & ~core.reset_pending
         with m.If(queue_reset_done):
             m.d.sync += q.reset_statements()
         m.d.comb += clear.eq(core.device_reset | q.enable_strobe | queue_reset_done)
