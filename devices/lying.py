@@ -104,17 +104,7 @@ class LyingVirtioNet(SoftVirtioNet):
             length = self._capacity.get(q.index, length) + 1
         else:
             wrap ^= 1
-        flags = (DescFlag.AVAIL | DescFlag.USED) if wrap else 0
-        if written:
-            flags |= DescFlag.WRITE
-        slot = q.desc + q.next_used_idx * spec.PACKED_DESC.size
-        await self._dma_write(slot + 8, spec.PACKED_DESC.pack(len=length, id=buffer_id)[8:14])
-        await self._dma_write(slot + 14, int(flags).to_bytes(2, "little"))
-        self.counters.used_writes += 1
-        q.next_used_idx += count
-        if q.next_used_idx >= q.size:
-            q.next_used_idx -= q.size
-            q.used_wrap_counter ^= 1
+        await super()._write_used(q, buffer_id, length, written, count, wrap=wrap)
 
     # ---- registers -----------------------------------------------------------------------------------------
     def _lying_now(self) -> bool:

@@ -661,9 +661,16 @@ class SoftVirtioNet:
         if desc["addr"] + desc["len"] > 1 << 64:
             raise MalformedDescriptor(f"queue {q.index}: buffer at {desc['addr']:#x} wraps the address space")
 
-    async def _write_used(self, q: QueueState, buffer_id: int, length: int, written: bool, count: int) -> None:
-        """Write one used descriptor at next_used_idx and skip ``count`` ring slots (spec 2.8.6, 2.8.21)."""
-        flags = (DescFlag.AVAIL | DescFlag.USED) if q.used_wrap_counter else 0
+    async def _write_used(
+        self, q: QueueState, buffer_id: int, length: int, written: bool, count: int, wrap: int | None = None
+    ) -> None:
+        """Write one used descriptor at next_used_idx and skip ``count`` ring slots (spec 2.8.6, 2.8.21).
+
+        ``wrap`` is the wrap counter its AVAIL/USED flags carry: the device's own used_wrap_counter unless a
+        misbehaving model (devices/lying.py) passes another."""
+        if wrap is None:
+            wrap = q.used_wrap_counter
+        flags = (DescFlag.AVAIL | DescFlag.USED) if wrap else 0
         if written:
             flags |= DescFlag.WRITE
         # id and len first, then flags: a driver polling flags never sees a half-written element (2.8.6).
