@@ -13,7 +13,7 @@ import heapq
 import random
 
 from hdl.pcie.dma import DmaEngine
-from tests.test_pcie_units import RC_DESCRIPTOR, _Host, _reader, pack, run_sim
+from tests.test_pcie_units import _Host, _reader, run_sim
 
 
 class _LateHost(_Host):
@@ -32,16 +32,7 @@ class _LateHost(_Host):
             return
         self.withheld_tag = tag
         self.late_delivered_at = now + self.late
-        dw_start, dw_end = addr & ~3, (addr + length + 3) & ~3
-        cpl = pack(
-            RC_DESCRIPTOR,
-            lower_addr=addr & 0xFFF,
-            byte_count=length,
-            dword_count=(dw_end - dw_start) // 4,
-            tag=tag,
-            request_completed=1,
-        )
-        stream = cpl.to_bytes(12, "little") + b"\xee" * (dw_end - dw_start)
+        stream = self.completion(tag, addr, length, length, payload=b"\xee" * (length + 8))
         heapq.heappush(self.pending, (self.late_delivered_at, self._order, tag, stream))
         self._order += 1
 

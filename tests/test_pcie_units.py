@@ -498,22 +498,28 @@ class _Host:
         self._order = 0
         self.max_outstanding = 0
 
+    def completion(self, tag: int, pos: int, n: int, remaining: int, payload: bytes | None = None) -> bytes:
+        """One completion's RC stream: descriptor and the dwords holding bytes [pos, pos + n) (from memory unless
+        ``payload`` is given), ``remaining`` bytes of the request still to come including these."""
+        dw_start, dw_end = pos & ~3, (pos + n + 3) & ~3
+        cpl = pack(
+            RC_DESCRIPTOR,
+            lower_addr=pos & 0xFFF,
+            byte_count=remaining,
+            dword_count=(dw_end - dw_start) // 4,
+            tag=tag,
+            request_completed=int(n == remaining),
+        )
+        data = bytes(self.memory[dw_start:dw_end]) if payload is None else payload[: dw_end - dw_start]
+        return cpl.to_bytes(12, "little") + data
+
     def _schedule_read(self, now: int, tag: int, addr: int, length: int) -> None:
         t = now + self.latency + self.rng.randint(0, self.jitter)
         pos, remaining = addr, length
         while remaining:
             blocks = self.rng.randint(1, self.max_pieces)
             n = min(remaining, (pos // 64 + blocks) * 64 - pos)
-            dw_start, dw_end = pos & ~3, (pos + n + 3) & ~3
-            cpl = pack(
-                RC_DESCRIPTOR,
-                lower_addr=pos & 0xFFF,
-                byte_count=remaining,
-                dword_count=(dw_end - dw_start) // 4,
-                tag=tag,
-                request_completed=int(n == remaining),
-            )
-            stream = cpl.to_bytes(12, "little") + bytes(self.memory[dw_start:dw_end])
+            stream = self.completion(tag, pos, n, remaining)
             heapq.heappush(self.pending, (t, self._order, tag, stream))
             self._order += 1
             t += 1
