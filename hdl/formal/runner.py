@@ -163,23 +163,18 @@ def run_property(
     try:
         env = tool_env()
         write_design(prop, mutation, workdir / "top.il")
-        status, log = _sby(workdir, "prove", "prove", prop.k, env, timeout)
-        if status == "PASS":
+        mode, status, log = "prove", *_sby(workdir, "prove", "prove", prop.k, env, timeout)
+        if status == "UNKNOWN":  # basecase passed, induction did not close at k: bounded check instead
+            mode, status, log = "bmc", *_sby(workdir, "bmc", "bmc", prop.depth, env, timeout)
+        if status == "PASS" and mode == "prove":
             res.status, res.k = "proven", prop.k
+        elif status == "PASS":
+            res.status, res.depth = "bounded", prop.depth
         elif status == "FAIL":
             res.status = "failed"
             res.failed_at, res.depth, res.trace = _failure(log, workdir)
-        elif status == "UNKNOWN":  # basecase passed, induction did not close at k: bounded check instead
-            status, log = _sby(workdir, "bmc", "bmc", prop.depth, env, timeout)
-            if status == "PASS":
-                res.status, res.depth = "bounded", prop.depth
-            elif status == "FAIL":
-                res.status = "failed"
-                res.failed_at, res.depth, res.trace = _failure(log, workdir)
-            else:
-                res.message = f"bmc: sby status {status}: " + log.strip().splitlines()[-1] if log else status
         else:
-            res.message = f"prove: sby status {status}: " + (log.strip().splitlines()[-1] if log else "")
+            res.message = f"{mode}: sby status {status}: " + (log.strip().splitlines()[-1] if log else "")
         if cover and res.status in ("proven", "bounded"):
             status, log = _sby(workdir, "cover", "cover", prop.depth, env, timeout)
             found = _REACHED.search(log)
