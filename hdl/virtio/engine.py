@@ -140,18 +140,11 @@ def build_engine(core, m: Module) -> None:
     running = []
     q_idle = []
     clears = []
-    # RX data writes handed to the write port whose ``done`` (last TLP taken by RQ) has not come: the mover is
-    # idle once its last beat is in the port, but the TLPs may still wait in the WriteMux and the DMA engine's
-    # write queue.  A queue reset must wait for them before queue_reset reads 0 (4.1.4.3.2), as a device reset
-    # does through the muxes' ``outstanding``; the driver may free the buffers as soon as it sees the 0.
-    rx_writes_owed = Signal(range(2 * wrmux.depth + 1))
-    rx_wr_fire = rx_mover.wr.req.valid & rx_mover.wr.req.ready
-    m.d.sync += rx_writes_owed.eq(rx_writes_owed + rx_wr_fire - rx_mover.wr.done)
     for i, q in enumerate(queues):
         run = Signal(name=f"q{i}_run")
         m.d.comb += run.eq(q.enable & driver_ok & ~broken & ~q.reset_req & ~core.reset_pending)
         running.append(run)
-        mover_idle = (rx_mover.idle & (rx_writes_owed == 0)) if i == RX_QUEUE else tx_mover.idle
+        mover_idle = rx_mover.idle if i == RX_QUEUE else tx_mover.idle
         idle = Signal(name=f"q{i}_idle")
         # A used element in its slice is not written yet (the used writer drops it while the queue is stopped).
         m.d.comb += idle.eq(fetch[i].idle & mover_idle & ~used_slices[i].busy & used[i].idle & events[i].idle)

@@ -23,6 +23,10 @@ from hdl.virtio.stream_types import SEGMENT, USED, WriteClient
 _SEG_IN = data.StructLayout({"seg": SEGMENT, "empty": 1})
 
 
+#: Writes whose ``done`` may be outstanding at once: the write mux and the DMA engine's write queue hold fewer.
+_MAX_WRITES_OWED = 64
+
+
 class RxDataMover(wiring.Component):
     """Segments in, frame bytes out through ``wr``, used elements out; drives ``rxbuf``'s extractor."""
 
@@ -37,7 +41,7 @@ class RxDataMover(wiring.Component):
                 "run": In(1),  # may start a new write (queue running, not broken, no reset pending)
                 "clear": In(1),
                 "discard": In(1),  # the ring is dead (DEVICE_NEEDS_RESET): drop stored frames, do not hold the wire
-                "idle": Out(1),  # no write owed
+                "idle": Out(1),  # no write owed: none to start, none whose ``done`` has not come
                 "frames": Out(32),  # frames written into the ring (statistics)
             }
         )
@@ -93,10 +97,19 @@ class RxDataMover(wiring.Component):
             ext.ready.eq(self.wr.data.ready & ~req_pending),
         ]
 
+        # Writes handed to the write port whose ``done`` (last TLP taken by RQ) has not come.  The mover is done
+        # with a write once its last beat is in the port, but its TLPs may still wait in the WriteMux and the DMA
+        # engine's write queue; a queue reset must wait for them before queue_reset reads 0 (4.1.4.3.2), since
+        # the driver may free the buffers as soon as it sees the 0.
+        writes_owed = Signal(range(_MAX_WRITES_OWED + 1))
+        m.d.sync += writes_owed.eq(writes_owed + (self.wr.req.valid & self.wr.req.ready) - self.wr.done)
+        in_idle = Signal()
+        m.d.comb += self.idle.eq(in_idle & (writes_owed == 0))
+
         with m.FSM(name="rx_move"):
             with m.State("IDLE"):
                 # A segment waiting in the skid buffer is not owed: a reset drops it, as the parser's own.
-                m.d.comb += self.idle.eq(1)
+                m.d.comb += in_idle.eq(1)
                 with m.If(self.discard):
                     m.d.comb += rx.consume.eq(rx.full)
                 with m.Elif(self.run & rx.full & seg_valid):
