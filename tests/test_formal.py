@@ -1,6 +1,6 @@
 """Formal checks of the ring engine's stages (hdl/formal): the quick ones here, all of them under -m slow.
 
-The default suite proves the properties marked ``ci`` (each closes by k-induction in seconds) and shows that
+The default suite checks the properties marked ``ci`` (each proven by k-induction or bounded in seconds) and shows that
 every planted bug (a stage instance the harness miswires: a used write one slot off, an RX write past a
 buffer's end, a ring read after reset, a TX read off its buffer) makes its property fail with a trace.  The
 bounded ones, which take longer, run in ``make test-slow`` and ``make formal``.
