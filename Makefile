@@ -39,7 +39,7 @@ demo: deps
 
 test: deps
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-slow: deps
 	$(PY) -m pytest -q -m slow
