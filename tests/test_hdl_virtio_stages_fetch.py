@@ -210,14 +210,15 @@ def test_fetcher_stops_at_unavailable_and_resumes(use_hint: bool) -> None:
 
 @pytest.mark.parametrize("use_hint", [True, False])
 def test_fetcher_failed_read(use_hint: bool) -> None:
-    """The first read of the third batch (available descriptors from position 18 on) fails: everything before it
-    comes out, then exactly one error entry, and nothing of that read or of any later one, even after more
-    kicks."""
+    """The first read that covers position 18 (the third batch's first descriptor) once that batch is posted
+    fails: everything before the read's start comes out, then exactly one error entry, and nothing of that
+    read or of any later one, even after more kicks.  (Where reads start depends on the bursts and on the
+    timing of the kicks, so the read is found by what it covers.)"""
     size = 40
     failed: list = []
 
     def fail(rec) -> bool:
-        if not failed and rec.addr == BASE + 18 * 16 and ring.posted >= 27:
+        if not failed and rec.addr <= BASE + 18 * 16 < rec.addr + rec.length and ring.posted >= 27:
             failed.append(rec)
             return True
         return False
@@ -246,7 +247,9 @@ def test_fetcher_failed_read(use_hint: bool) -> None:
     good = [e for e in sink.items if not e.error]
     errors = [e for e in sink.items if e.error]
     assert len(errors) == 1 and sink.items[-1].error, "exactly one error entry, last"
-    assert [e.desc.addr - TAG for e in good] == list(range(18)), "descriptors of or after the failed read"
+    start = (failed[0].addr - BASE) // 16
+    assert 9 <= start <= 18
+    assert [e.desc.addr - TAG for e in good] == list(range(start)), "descriptors of or after the failed read"
     after = [r for r in server.records if r.issued > failed[0].done]
     assert not after, f"reads went on after the failure: {after}"
 
