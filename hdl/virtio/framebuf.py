@@ -51,15 +51,56 @@ def packed_keep_bytes(keep):
     return Cat(*(Cat(*(exactly[n - 1] for n in range(1, w + 1) if n >> b & 1)).any() for b in range(w.bit_length())))
 
 
+def rotate_left_bytes(value, amount, unit: int = 8):
+    """``value`` rotated towards its high end by ``amount`` bytes (a variable; ``unit`` bits each), as one 2:1
+    stage per bit of ``amount``.
+
+    Why a rotation and not ``Cat(value, 0) << amount``: a shift into a field twice as wide has twice as many
+    outputs, each a multiplexer over up to a row's bytes; the rotation has one output per bit of the row, and
+    which of its bytes belong to this row and which wrapped into the next one is a per-lane comparison with
+    ``amount`` (:func:`lanes_from`).
+    """
+    width = len(value)
+    out = value
+    for k in range(len(amount)):
+        step = (unit << k) % width
+        if step == 0:
+            continue
+        out = Mux(amount[k], Cat(out[width - step :], out[: width - step]), out)
+    return out
+
+
+def rotate_right_bytes(value, amount, unit: int = 8):
+    """``value`` rotated towards its low end by ``amount`` bytes (a variable); see :func:`rotate_left_bytes`."""
+    width = len(value)
+    out = value
+    for k in range(len(amount)):
+        step = (unit << k) % width
+        if step == 0:
+            continue
+        out = Mux(amount[k], Cat(out[step:], out[:step]), out)
+    return out
+
+
+def lanes_from(amount, nbytes: int):
+    """A mask of ``nbytes`` byte lanes with lane ``i`` set for ``i >= amount``."""
+    return Cat(*(amount <= i for i in range(nbytes)))
+
+
+def expand_lanes(mask):
+    """A byte-lane mask widened to one bit per data bit."""
+    return Cat(*(bit.replicate(8) for bit in mask))
+
+
 class ByteAppender(Elaboratable):
     """Appends packed chunks of ``in_width`` bits to a byte stream in a row memory, at any byte position.
 
     ``restart`` sets the write position to ``init_pos`` with the partial row ``restart_acc`` (RX uses it to
     pre-load the virtio_net_hdr), ``valid`` appends the low ``nbytes`` bytes of ``data``, ``flush`` writes the
     partial last row.  One command per cycle, no back-pressure.  Each chunk is rotated to the write position;
-    the part that spills into the next row is kept in ``acc`` until that row is written.
+    the part that wraps into the next row is kept in ``acc`` until that row is written.
 
-    Why three stages: a rotation by up to a row is five LUT levels by itself (a 32- or 64-way byte mux),
+    Why three stages: a rotation by up to a row is three to five LUT levels by itself (a 32- or 64-way byte mux),
     masking the chunk to ``nbytes`` one more, and merging into the partial row two more; the command inputs
     are computed by their drivers in the same cycle from streams and counters.  So the command is registered
     (with its byte mask), then masked and rotated into a register, then merged and written.  A command given
@@ -132,16 +173,25 @@ class ByteAppender(Elaboratable):
         valid1 = Signal()
         flush1 = Signal()
         restart1 = Signal()
-        rotated1 = Signal(2 * self.row_width)
+        # The chunk rotated by the write position: lanes at or above the position belong to this row, lanes
+        # below it wrapped around and belong to the next one (a chunk is at most a row, so nothing overlaps).
+        # The chunk's byte mask is rotated with it (a row's lanes, not its bits), so the data itself is never
+        # masked: the lanes of the chunk in this row and in the next are each one AND of two masks.
+        rotated1 = Signal(self.row_width)
+        this_row1 = Signal(row_bytes)  # lanes of ``rotated1`` that are chunk bytes in the row being written
+        next_row1 = Signal(row_bytes)  # lanes of ``rotated1`` that are chunk bytes of the next row
         spills1 = Signal()  # the chunk reaches the end of its row: the row is complete after it
         addr1 = Signal.like(self.wp.addr)
         s = self.pos[0:shift_bits]
-        masked = Cat(*(Mux(mask0[i], data0.word_select(i, 8), 0) for i in range(in_bytes)))
+        lanes = rotate_left_bytes(Cat(mask0, Const(0, row_bytes - in_bytes)), s, unit=1)
+        upper = lanes_from(s, row_bytes)
         m.d.sync += [
             valid1.eq(valid0),
             flush1.eq(flush0),
             restart1.eq(restart0),
-            rotated1.eq(Cat(masked, Const(0, 2 * self.row_width - self.in_width)) << Cat(Const(0, 3), s)),
+            rotated1.eq(rotate_left_bytes(Cat(data0, Const(0, self.row_width - self.in_width)), s)),
+            this_row1.eq(lanes & upper),
+            next_row1.eq(lanes & ~upper),
             spills1.eq(s + nbytes0 >= row_bytes),
             addr1.eq(base_row0 + self.pos[shift_bits:]),
         ]
@@ -152,8 +202,8 @@ class ByteAppender(Elaboratable):
 
         # Stage 2: merge into the partial row and write it.
         acc = Signal(self.row_width, init=self.restart_acc)
-        low = acc | rotated1[0 : self.row_width]
-        high = rotated1[self.row_width :]
+        low = acc | (rotated1 & expand_lanes(this_row1))
+        high = rotated1 & expand_lanes(next_row1)
         m.d.comb += self.wp.addr.eq(addr1)
         with m.If(valid1):
             m.d.comb += [self.wp.data.eq(low), self.wp.en.eq(1)]
@@ -200,10 +250,14 @@ class ByteExtractor(Elaboratable):
         shift = Signal(shift_bits)
         next_row = Signal(len(self.rp.addr) + 1)
         left = Signal(len(self.length))
-        both = Signal(2 * self.row_width)
+        # The output's lane i is byte i + shift of the row pair (cur, next): lanes at or above ``shift`` of
+        # ``cur`` and lanes below it of ``next``, merged lane by lane, then rotated down by ``shift`` (one
+        # row-wide rotation instead of a shift of both rows).
+        merged = Signal(self.row_width)
+        from_cur = expand_lanes(lanes_from(shift, row_bytes))
         m.d.comb += [
-            both.eq(Cat(cur, self.rp.data) >> Cat(Const(0, 3), shift)),
-            self.data.eq(both[0 : self.row_width]),
+            merged.eq((cur & from_cur) | (self.rp.data & ~from_cur)),
+            self.data.eq(rotate_right_bytes(merged, shift)),
             self.last.eq(left <= row_bytes),
             self.keep.eq(low_bytes_mask(left, row_bytes)),
             self.rp.addr.eq(next_row),
