@@ -276,8 +276,12 @@ class DmaEngine(wiring.Component):
     def _ring(self, m: Module, name: str, bank_depth: int, read_domain: str) -> tuple[list, list]:
         w = self.data_width
         wports, rports = [], []
+        # Block RAM, also where a shallow ring would be mapped to LUT RAM by default: the banks are wide (a DMA
+        # beat) and shallow (64-128 words), which LUT RAM stores at a LUT per 64 bits (1.2k LUTs for the write
+        # ring at 256 bits); synchronous read ports make block RAM possible.
+        attrs = {"ram_style": "block"} if read_domain == "sync" else None
         for b in range(2):
-            mem = Memory(shape=unsigned(w), depth=bank_depth, init=[])
+            mem = Memory(shape=unsigned(w), depth=bank_depth, init=[], attrs=attrs)
             m.submodules[f"{name}_bank{b}"] = mem
             wports.append(mem.write_port(granularity=8))
             rports.append(mem.read_port(domain=read_domain))
@@ -795,7 +799,7 @@ class DmaEngine(wiring.Component):
         dw_per_beat = self.data_width // 32
         ring_words = self.write_ring_bytes // nb
         word_bits = (ring_words - 1).bit_length()
-        wports, rports = self._ring(m, "wrring", ring_words // 2, "comb")
+        wports, rports = self._ring(m, "wrring", ring_words // 2, "sync")
         m.submodules.wr_job_fifo = job_fifo = fifo.SyncFIFO(
             width=64 + DMA_LEN_WIDTH + PTR_WIDTH, depth=self.max_write_requests
         )
@@ -814,8 +818,11 @@ class DmaEngine(wiring.Component):
         with m.If(req_fire):
             m.d.comb += [job_fifo.w_en.eq(1), job_fifo.w_data.eq(Cat(wr.req_addr, wr.req_len, walloc))]
             m.d.sync += walloc.eq(walloc + (req_beats << nbits))
+        # Room for the beat offered now, as a register: last cycle's room for two more beats (``wfill`` grows by
+        # at most a beat per cycle, ``wfree`` only grows), so ``data_ready`` is two LUT levels of registers and
+        # the write mux needs no slice of its own in front of this port.  It costs one beat of the ring.
         space = Signal()
-        m.d.comb += space.eq(((wfill + nb - wfree)[:PTR_WIDTH]) <= self.write_ring_bytes)
+        m.d.sync += space.eq(((wfill + 2 * nb - wfree)[:PTR_WIDTH]) <= self.write_ring_bytes)
         m.d.comb += wr.data_ready.eq((beats_pending != 0) & space)
         beat_fire = Signal()
         m.d.comb += beat_fire.eq(wr.data_valid & wr.data_ready)
@@ -972,15 +979,27 @@ class DmaEngine(wiring.Component):
             with m.Else():
                 m.d.sync += wfree.eq(Cat(Const(0, nbits), s_data_end[nbits:]))
 
-        # beat j shows ring bytes starting at s_pos - a3 - 16 + j*nb (s_start)
+        # beat j shows ring bytes starting at s_pos - a3 - 16 + j*nb (s_start).  The ring's read ports are
+        # synchronous (block RAM): they are addressed with the value ``s_start`` takes in the next cycle, so
+        # their data is that of the beat on offer.  (The bytes of a TLP are in the ring before it is taken:
+        # ``n_present`` compares with ``wfill``, which moves a cycle after the write.)
+        start_next = Signal(PTR_WIDTH)
+        with m.If(n_take):
+            m.d.comb += start_next.eq(n_start)
+        with m.Elif(s_move & ~s_end):
+            m.d.comb += start_next.eq(s_start + nb)
+        with m.Else():
+            m.d.comb += start_next.eq(s_start)
+        k_next = Signal(word_bits)
+        m.d.comb += k_next.eq(start_next[nbits:])
+        k1_next = Signal(word_bits)
+        m.d.comb += k1_next.eq(k_next + 1)
+        for b in range(2):
+            m.d.comb += rports[b].addr.eq(Mux(k_next[0] == b, k_next[1:], k1_next[1:]))
         k = Signal(word_bits)
         m.d.comb += k.eq(s_start[nbits:])
-        k1 = Signal(word_bits)
-        m.d.comb += k1.eq(k + 1)
         r = Signal(range(nb))
         m.d.comb += r.eq(s_start[:nbits])
-        for b in range(2):
-            m.d.comb += rports[b].addr.eq(Mux(k[0] == b, k[1:], k1[1:]))
         lo_word = Signal(self.data_width)
         hi_word = Signal(self.data_width)
         m.d.comb += [

@@ -16,7 +16,8 @@
   waiting.
 
 Register slices (:class:`~hdl.virtio.slice.StreamSlice`) sit on every client's request stream, on the write
-requests to the DMA engine (whose ``req_ready`` depends on the request's length) and on the returned read data:
+requests to the DMA engine (whose ``req_ready`` depends on the request's length) and on the returned read data
+(write beats go to the DMA engine from the clients' FIFOs; its ``data_ready`` is a register's worth of logic):
 no combinational path runs from one client through the arbitration into another client or into the DMA engine
 (each such path used to add the depth of both ends).  A request held in a slice is counted in flight by the
 client that issued it (its ``idle`` stays low until the request completes); ``outstanding`` counts from the
@@ -237,21 +238,18 @@ class WriteMux(_DmaMux):
         data_idx = owed.r_data
         src_valid = Array(q.r_rdy for q in srcs)[data_idx]
         src = beat_layout(Array(q.r_data for q in srcs)[data_idx])
-        # A ready slice in front of the port: the DMA engine's ``data_ready`` (its own arithmetic) stops at a
-        # register instead of running on into the FIFOs here; no cycle is added.
-        m.submodules.beats = beats = StreamSlice(beat_layout, forward=False)
+        # No slice in front of the port: the DMA engine's ``data_ready`` is two LUT levels of its registers
+        # (``hdl/pcie/dma.py``), so it may run on into the FIFOs here.
         m.d.comb += [
-            beats.i.valid.eq(owed.r_rdy & src_valid),
-            beats.i.payload.eq(src),
-            self.dma.data_valid.eq(beats.o.valid),
-            self.dma.data.eq(beats.o.payload.data),
-            self.dma.data_keep.eq(beats.o.payload.keep),
-            self.dma.data_last.eq(beats.o.payload.last),
-            beats.o.ready.eq(self.dma.data_ready),
+            self.dma.data_valid.eq(owed.r_rdy & src_valid),
+            self.dma.data.eq(src.data),
+            self.dma.data_keep.eq(src.keep),
+            self.dma.data_last.eq(src.last),
         ]
+        take = self.dma.data_valid & self.dma.data_ready
         for i, q in enumerate(srcs):
-            m.d.comb += q.r_en.eq(owed.r_rdy & beats.i.ready & (data_idx == i))
-        ended = beats.i.valid & beats.i.ready & src.last
+            m.d.comb += q.r_en.eq(take & (data_idx == i))
+        ended = take & src.last
         m.d.comb += owed.r_en.eq(ended)
         m.d.sync += owing.eq(owing + fire - ended)
         # ---- done pulses, in request order
