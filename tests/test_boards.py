@@ -100,7 +100,8 @@ def _instance_ports(text: str, module: str, instance: str) -> list[str]:
 _ENDPOINTS: dict[int, tuple[str, list[tuple[str, str, int]]]] = {}
 
 
-@pytest.mark.parametrize("width", [256, 512])
+# 512 bits builds a second endpoint (about a minute): under -m slow; 256 bits covers every board by default.
+@pytest.mark.parametrize("width", [256, pytest.param(512, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("name", sorted(BOARDS))
 def test_vivado_tree(name: str, width: int, tmp_path: Path) -> None:
     if width not in _ENDPOINTS:
@@ -454,9 +455,11 @@ def _plausible_depth(r: dict) -> None:
     assert abs(sum(d["histogram"].values()) - r["ffs"]) <= r["ffs"] // 20, (d["histogram"], r["ffs"])
 
 
+@pytest.mark.slow
 def test_synth_endpoint_xcup(tmp_path: Path) -> None:
-    """The default suite's real check: the endpoint at its narrowest width through both Yosys xcup runs (resources
-    per block and logic depth, side by side: a few minutes)."""
+    """The whole endpoint at its narrowest width through both Yosys xcup runs (resources per block and logic
+    depth, side by side): 3-6 minutes on the 2-core machine, so under ``-m slow``; the default suite runs both
+    flows on one block (``test_synth_unit_alone``)."""
     r, _ = _synth(tmp_path, "--no-ecp5", "--data-width", "128")
     assert r["data_width"] == 128 and r["flows"] == ["xcup", "depth"]
     _plausible_xcup(r)
