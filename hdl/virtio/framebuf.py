@@ -254,7 +254,10 @@ class ByteExtractor(Elaboratable):
         # ``cur`` and lanes below it of ``next``, merged lane by lane, then rotated down by ``shift`` (one
         # row-wide rotation instead of a shift of both rows).
         merged = Signal(self.row_width)
-        from_cur = expand_lanes(lanes_from(shift, row_bytes))
+        # lanes_from(shift) as a register, set in PRIME from the registered ``shift`` (the output is used from RUN
+        # on), so the merge is one LUT level and the comparison is on no path from the extractor's drivers
+        cur_lanes = Signal(row_bytes, init=(1 << row_bytes) - 1)
+        from_cur = expand_lanes(cur_lanes)
         m.d.comb += [
             merged.eq((cur & from_cur) | (self.rp.data & ~from_cur)),
             self.data.eq(rotate_right_bytes(merged, shift)),
@@ -268,11 +271,19 @@ class ByteExtractor(Elaboratable):
                 with m.If(self.start & ~self.abort):
                     first = self.base_row + self.pos[shift_bits:]
                     m.d.comb += [self.rp.addr.eq(first), self.rp.en.eq(1)]
-                    m.d.sync += [next_row.eq(first + 1), shift.eq(self.pos[0:shift_bits]), left.eq(self.length)]
+                    m.d.sync += [
+                        next_row.eq(first + 1),
+                        shift.eq(self.pos[0:shift_bits]),
+                        left.eq(self.length),
+                    ]
                     m.next = "PRIME"
             with m.State("PRIME"):
                 m.d.comb += [self.busy.eq(1), self.rp.en.eq(1)]
-                m.d.sync += [cur.eq(self.rp.data), next_row.eq(next_row + 1)]
+                m.d.sync += [
+                    cur.eq(self.rp.data),
+                    next_row.eq(next_row + 1),
+                    cur_lanes.eq(lanes_from(shift, row_bytes)),
+                ]
                 m.next = "RUN"
                 with m.If(self.abort):
                     m.next = "IDLE"
