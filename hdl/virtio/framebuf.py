@@ -51,35 +51,33 @@ def packed_keep_bytes(keep):
     return Cat(*(Cat(*(exactly[n - 1] for n in range(1, w + 1) if n >> b & 1)).any() for b in range(w.bit_length())))
 
 
+def _rotate(value, amount, unit: int, towards_high: bool):
+    """``value`` rotated by ``amount`` units of ``unit`` bits (a variable), one 2:1 stage per bit of ``amount``."""
+    width = len(value)
+    out = value
+    for k in range(len(amount)):
+        step = (unit << k) % width
+        if step == 0:
+            continue
+        cut = width - step if towards_high else step
+        out = Mux(amount[k], Cat(out[cut:], out[:cut]), out)
+    return out
+
+
 def rotate_left_bytes(value, amount, unit: int = 8):
-    """``value`` rotated towards its high end by ``amount`` bytes (a variable; ``unit`` bits each), as one 2:1
-    stage per bit of ``amount``.
+    """``value`` rotated towards its high end by ``amount`` bytes (a variable; ``unit`` bits each).
 
     Why a rotation and not ``Cat(value, 0) << amount``: a shift into a field twice as wide has twice as many
     outputs, each a multiplexer over up to a row's bytes; the rotation has one output per bit of the row, and
     which of its bytes belong to this row and which wrapped into the next one is a per-lane comparison with
     ``amount`` (:func:`lanes_from`).
     """
-    width = len(value)
-    out = value
-    for k in range(len(amount)):
-        step = (unit << k) % width
-        if step == 0:
-            continue
-        out = Mux(amount[k], Cat(out[width - step :], out[: width - step]), out)
-    return out
+    return _rotate(value, amount, unit, towards_high=True)
 
 
 def rotate_right_bytes(value, amount, unit: int = 8):
     """``value`` rotated towards its low end by ``amount`` bytes (a variable); see :func:`rotate_left_bytes`."""
-    width = len(value)
-    out = value
-    for k in range(len(amount)):
-        step = (unit << k) % width
-        if step == 0:
-            continue
-        out = Mux(amount[k], Cat(out[step:], out[:step]), out)
-    return out
+    return _rotate(value, amount, unit, towards_high=False)
 
 
 def lanes_from(amount, nbytes: int):
@@ -103,7 +101,7 @@ class ByteAppender(Elaboratable):
     Why three stages: a rotation by up to a row is three to five LUT levels by itself (a 32- or 64-way byte mux),
     masking the chunk to ``nbytes`` one more, and merging into the partial row two more; the command inputs
     are computed by their drivers in the same cycle from streams and counters.  So the command is registered
-    (with its byte mask), then masked and rotated into a register, then merged and written.  A command given
+    (with its byte mask), then rotated, data and mask, into a register, then merged and written.  A command given
     in cycle T is written in cycle ``T + LATENCY``: a reader may rely on the row from cycle ``T + LATENCY + 1``
     on, so whoever tells a reader that a stream is complete delays that news by ``LATENCY`` cycles.
     """
