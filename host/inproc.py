@@ -65,6 +65,14 @@ class InProcessTransport:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
+    async def quiesce_device(self) -> None:
+        """The scenario runner's hook: let the in-process device finish its work before the driver looks.
+
+        The device and the driver share one event loop, so a wall-clock bound on waiting for completions would
+        measure the host's speed; waiting for the device's service tasks makes a trace independent of load.
+        """
+        await self.settle()
+
     # ---- Transport protocol -------------------------------------------------------------------------------
     async def config_read(self, offset: int, size: int) -> int:
         return await self.device.config_read(offset, size)

@@ -260,16 +260,32 @@ class _Runner:
             self.failed = True
 
     async def sync(self) -> None:
-        """Wait until every outstanding TX buffer is used and every expected frame arrived, then checkpoint."""
+        """Wait until every outstanding TX buffer is used and every expected frame arrived, then checkpoint.
+
+        ``settle`` bounds the wait *since the last completion*, not the whole sync: a device that is slow but
+        progressing (the software device in a loaded TCG guest, QEMU under TCG) is waited for, and only one
+        that has stopped completing is cut off.  Otherwise how many completions make it into a checkpoint
+        would depend on the machine's load, which is timing, not behaviour.  A device living in this process
+        is first let run until it has nothing left to do (``quiesce_device``), so its traces never depend on
+        how fast the host is.
+        """
         drv = self.drv
         assert drv is not None and drv.txq is not None and drv.rxq is not None
+        quiesce = getattr(self.t, "quiesce_device", None)
         deadline = self.t.now() + self.settle
         while not self.failed:
+            if quiesce is not None:
+                await quiesce()
+            tx_before = drv.txq.outstanding
             self.reclaim_tx()
+            progressed = drv.txq.outstanding != tx_before
             for used in self.record_used(0, drv.rxq):
                 frame = drv.take_rx(used)
                 self.expected_rx -= 1
                 self.pending[0] += [["used", 0, used.id, used.length], ["rx", len(frame), digest(frame)]]
+                progressed = True
+            if progressed:
+                deadline = self.t.now() + self.settle
             if drv.rxq.num_free >= drv.rx_chain:
                 drv.refill_rx()
                 await drv.rxq.kick()

@@ -132,13 +132,14 @@ async def _drain(transport: Any, quiet: float = 0.05, limit: float = 2.0) -> int
     return drained
 
 
-def run_in_guest(scenarios: list[dict[str, Any]], *, settle: float = 0.2) -> dict[str, Any]:
+def run_in_guest(scenarios: list[dict[str, Any]], *, settle: float = 1.0) -> dict[str, Any]:
     """Bind the loopback NIC, adapt ``scenarios`` to what it offers and run them over VFIO, unbind.
 
     Returns ``{"device_features": hex, "disabled": [names], "scenarios": [adapted], "traces": [...]}``;
     scenarios that are :func:`not_meaningful` are expected to have been filtered out by the caller (they would
-    run, and fail for reasons that say nothing about QEMU).  ``settle`` is longer than the in-process default:
-    QEMU under TCG answers in milliseconds, not microseconds.
+    run, and fail for reasons that say nothing about QEMU).  ``settle`` (how long a sync waits after the last
+    completion) is longer than the in-process default: QEMU under TCG answers in milliseconds, and a loaded host
+    can stall the guest for a few hundred; it costs time only where a device never completes (malformed input).
     """
     from host import bind
     from host.scenario import run_scenario
