@@ -37,12 +37,13 @@ demo: deps
 	$(VENV)/bin/virtio-fpga demo --device rtl --family $(FAMILY)
 	$(VENV)/bin/virtio-fpga compare --family $(FAMILY) --report results/compare.html
 
+# One pytest worker per core (pytest-xdist); a test file stays on one worker, so a module's VM boots once.
 test: deps
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q --durations=25
+	$(PY) -m pytest -q -n auto --dist loadfile --durations=25
 
 test-slow: deps
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -n auto --dist loadfile -m slow
 
 # The real-VFIO test in a QEMU guest (installs QEMU 10 and a guest kernel into ~/.cache on first use).
 vm-test: deps
