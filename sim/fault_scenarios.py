@@ -20,7 +20,7 @@ import random
 
 from host.demo import make_frame
 from host.net import VirtioNetDriver
-from sim.pcie_faults import CompletionFaults, starve
+from sim.pcie_faults import CompletionFaults, starve, starve_ptile
 from virtio_fpga.spec import Status
 
 
@@ -34,6 +34,14 @@ def engine_counters(bench) -> dict:
         except (AttributeError, ValueError):
             out[name] = None
     return out
+
+
+def _design_counter(bench, block: str, name: str) -> int | None:
+    """A counter port of one of the design's blocks, as the simulator names it (None if it was optimised out)."""
+    try:
+        return int(getattr(getattr(bench.dut, block), name).value)
+    except (AttributeError, ValueError):
+        return None
 
 
 async def _loop_frames(transport, drv: VirtioNetDriver, count: int, size: int, rng, limit_us: float) -> dict:
@@ -163,6 +171,18 @@ async def legal_stress(
     undo = None
     if mode == "reorder":
         faults.reorder(2000.0)
+    elif mode == "starve" and hasattr(bench.dev, "tx_credits"):  # the P-tile model
+        undo = starve_ptile(
+            bench,
+            tx=(300, 30),
+            rx=(300, 60),
+            # two headers and 24 data credits (384 bytes: one 256-byte write and a bit) beyond the link, and
+            # none at all for 200-cycle stretches
+            tx_credits={"ph": 2, "pd": 24, "nph": 2, "npd": 2, "cplh": 2, "cpld": 24},
+            credit_pauses=(200, 40),
+            completion_delay_ns=2000.0,
+            seed=seed,
+        )
     elif mode == "starve":
         undo = starve(
             bench,
@@ -184,6 +204,14 @@ async def legal_stress(
     out["ok"] = all(r["ok"] for r in results)
     out["batches"] = results
     out["status"] = await drv.dev.get_status()
+    throttle = getattr(bench.dev, "tx_credits", None)
+    if throttle is not None:
+        out["tx_credits"] = {
+            "violations": throttle.violations[:10],
+            "held_back": throttle.held_back,
+            "frozen_cycles": throttle.frozen_cycles,
+            "credit_stalls": _design_counter(bench, "tx", "credit_stalls"),
+        }
     if undo is not None:
         undo()
     faults.reorder(0)

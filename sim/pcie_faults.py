@@ -307,4 +307,42 @@ def starve(
     return undo
 
 
-__all__ = ["FAULT_KINDS", "CompletionFaults", "Injection", "starve", "stretches"]
+def starve_ptile(
+    bench,
+    *,
+    tx: tuple[int, int] | None = None,
+    rx: tuple[int, int] | None = None,
+    tx_credits: dict[str, int] | None = None,
+    credit_pauses: tuple[int, int] | None = None,
+    completion_delay_ns: float | None = None,
+    seed: int = 1,
+) -> Callable[[], None]:
+    """Throttle the P-tile model: ``tx``/``rx`` = (blocked, open) cycles of ``tx_st_ready`` (the hard IP refusing
+    the device's TLPs) and of ``rx_st`` (the hard IP holding completions and requests for the device);
+    ``tx_credits``: at most that many credits of each kind ("ph", "pd", "nph", "npd", "cplh", "cpld") shown
+    beyond what has reached the link, frozen during the (blocked, open) stretches of ``credit_pauses``
+    (:class:`sim.ptile.TxCreditThrottle`, which also counts any TLP sent beyond the limit shown);
+    ``completion_delay_ns``: the host holds every read's completions that long.  All legal.  Returns the undo."""
+    dev = bench.dev
+    rng = random.Random(seed)
+    saved_latency = bench.read_latency.latency_ns
+    for pair, stream in ((tx, dev.tx_sink), (rx, dev.rx_source)):
+        if pair is not None:
+            stream.set_pause_generator(stretches(random.Random(rng.random()), *pair))
+    if tx_credits is not None:
+        pauses = stretches(random.Random(rng.random()), *credit_pauses) if credit_pauses else None
+        dev.tx_credits.start(tx_credits, pauses)
+    if completion_delay_ns is not None:
+        bench.read_latency.latency_ns = completion_delay_ns
+
+    def undo() -> None:
+        for stream in (dev.tx_sink, dev.rx_source):
+            stream.clear_pause_generator()
+            stream.pause = False
+        dev.tx_credits.stop()
+        bench.read_latency.latency_ns = saved_latency
+
+    return undo
+
+
+__all__ = ["FAULT_KINDS", "CompletionFaults", "Injection", "starve", "starve_ptile", "stretches"]

@@ -26,11 +26,14 @@ What 683059 leaves open and what was assumed is listed in ``sim/README.md``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import cocotb
+from cocotb.simtime import get_sim_time
 from cocotb.triggers import Lock, RisingEdge, Timer
 from cocotbext.pcie.core import RootComplex
 from cocotbext.pcie.core.caps.common import PciCap
+from cocotbext.pcie.core.tlp import FcType
 from cocotbext.pcie.intel.ptile import PTilePcieDevice, PTileRxBus, PTileTxBus
 from cocotbext.pcie.intel.ptile.ptile_model import PTilePcieFunction
 
@@ -117,6 +120,90 @@ class VirtioPtileFunction(PTilePcieFunction):
             self.virtio_caps.append(vc)
 
 
+#: What ``tx_cdts_limit`` carries at each ``tx_cdts_limit_tdm_idx`` (683059 4.3.3): (index, credit, field bits).
+TX_CREDIT_TDM = ((0, "ph", 12), (1, "nph", 12), (2, "cplh", 12), (4, "pd", 16), (5, "npd", 16), (6, "cpld", 16))
+#: The credits only the device spends (the model's own configuration completions spend CPLH/CPLD too).
+_DEVICE_ONLY = {FcType.P: ("ph", "pd"), FcType.NP: ("nph", "npd")}
+
+
+def _now_ns() -> str:
+    try:
+        return f"{get_sim_time('ns'):.0f}"
+    except RuntimeError:  # used outside a simulation (unit tests)
+        return "?"
+
+
+class TxCreditThrottle:
+    """A link partner that grants the device its transmit credits late and a few at a time.
+
+    cocotbext-pcie's P-tile model shows the device the root port's real limits (64 headers and 1,024 data credits
+    of each type), which the device never comes near, so its credit gating (683059 4.3.3; PCIe Base 2.6.1.2) is
+    never exercised.  While :attr:`active`, the limit shown is instead ``consumed + min(available, cap)``: at most
+    ``cap`` credits beyond what has reached the link; during the blocked stretches of ``pauses`` (one value per
+    clock) the limit shown does not move at all, as when UpdateFC DLLPs are delayed.  The limit shown never
+    decreases and never exceeds the real one, so this is legal behaviour of a link partner with small buffers.
+
+    It also checks the device: every posted and non-posted TLP (only the device spends those credits) is
+    counted as it leaves ``tx_st``, and a TLP that goes beyond the limit last shown is a violation.
+    """
+
+    def __init__(self) -> None:
+        self.active = False
+        self.cap: dict[str, int] = {}
+        self.pauses: Iterator[bool] | None = None
+        self.paused = False
+        self.shown: dict[str, int] = {}
+        self.sent = {name: 0 for _, name, _ in TX_CREDIT_TDM}
+        self.violations: list[str] = []
+        self.held_back = 0  # presentations where the limit shown was below the real one
+        self.frozen_cycles = 0
+
+    def start(self, cap: dict[str, int], pauses: Iterator[bool] | None = None) -> None:
+        self.cap, self.pauses, self.active = dict(cap), pauses, True
+
+    def stop(self) -> None:
+        self.active, self.pauses, self.paused = False, None, False
+
+    def clock(self) -> None:
+        """Once per clock: the next value of the pause pattern."""
+        self.paused = bool(self.active and self.pauses is not None and next(self.pauses))
+        self.frozen_cycles += self.paused
+
+    def limit(self, name: str, state, bits: int) -> int:
+        """The limit to show for credit ``name`` (``state``: the port's FcStateData for it)."""
+        mask, half = (1 << bits) - 1, 1 << (bits - 1)
+        real = state.tx_credit_limit & mask
+        if not self.active or state.tx_is_infinite() or name not in self.cap:
+            self.shown[name] = real
+            return real
+        previous = self.shown.get(name)
+        if self.paused and previous is not None:
+            return previous
+        consumed = state.tx_credits_consumed & mask
+        want = (consumed + min((real - consumed) & mask, self.cap[name])) & mask
+        if previous is None or ((want - previous) & mask) < half:  # never backwards
+            self.shown[name] = want
+        self.held_back += self.shown[name] != real
+        return self.shown[name]
+
+    def on_tlp(self, tlp) -> None:
+        """A TLP the device sent: count what it spends, and check it against the limits shown."""
+        names = _DEVICE_ONLY.get(tlp.get_fc_type())
+        if names is None:
+            return
+        header, data = names
+        self.sent[header] = (self.sent[header] + 1) & 0xFFF
+        self.sent[data] = (self.sent[data] + tlp.get_data_credits()) & 0xFFFF
+        if not self.active:
+            return
+        for name, bits in ((header, 12), (data, 16)):
+            if name in self.shown and ((self.shown[name] - self.sent[name]) & ((1 << bits) - 1)) >= 1 << (bits - 1):
+                self.violations.append(
+                    f"{tlp.fmt_type.name} at {_now_ns()} ns: {name} spent {self.sent[name]} "
+                    f"beyond the limit shown, {self.shown[name]}"
+                )
+
+
 class VirtioPtileDevice(FunctionLevelReset, PTilePcieDevice):
     """PTilePcieDevice + the VirtIO option for PF0 (capabilities from ``virtio_caps``, the pcicfg handshake)."""
 
@@ -126,12 +213,32 @@ class VirtioPtileDevice(FunctionLevelReset, PTilePcieDevice):
         self.pcicfg_reads = 0
         self.pcicfg_writes = 0
         self._pcicfg_lock = Lock()
+        self.tx_credits = TxCreditThrottle()
         super().__init__(*args, **kwargs)
         self.virtio_enabled = self.virtio_pcicfg_cfgwr is not None and self.virtio_pcicfg_rdack is not None
         if self.virtio_enabled:
             self.functions[0].enable_virtio(self, tuple(virtio_caps))
         # FLR (683059 4.2.2.2): flr_rcvd_pf high from the FLR until the gateware pulses flr_completed_pf
         self.flr_setup(self.flr_rcvd_pf, self.flr_completed_pf, self.coreclkout_hip)
+
+    async def _run_tx_fc_logic(self) -> None:
+        """The model's TX credit presentation, through :attr:`tx_credits` (a pass-through unless started)."""
+        edge = RisingEdge(self.coreclkout_hip)
+        fc = self.upstream_port.fc_state[0]
+        while True:
+            for idx, name, bits in TX_CREDIT_TDM:
+                self.tx_credits.clock()
+                self.tx_cdts_limit.value = self.tx_credits.limit(name, getattr(fc, name), bits)
+                self.tx_cdts_limit_tdm_idx.value = idx
+                await edge
+
+    async def _run_tx_logic(self) -> None:
+        """The model's TX path, with each TLP checked against the credits shown before it goes to the link."""
+        while True:
+            frame = await self.tx_sink.recv()
+            tlp = frame.to_tlp()
+            self.tx_credits.on_tlp(tlp)
+            await self.send(tlp)
 
     def make_function(self):  # noqa: ANN201 - same signature as the base class
         self.default_function = VirtioPtileFunction
