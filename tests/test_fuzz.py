@@ -131,7 +131,10 @@ def test_planted_bug_is_found_and_shrunk(fault: Fault, kind: str, longest: int |
 
 def test_cli_json_contract(capsys) -> None:
     assert main(["fuzz", "--device", "soft", "--count", "20", "--jobs", "1", "--seed", "3", "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    # stderr is no terminal here: progress comes as plain lines, the last one with the totals
+    assert f"fuzz soft: {out['sequences']} of 20 sequences (done), 0 failures" in captured.err, captured.err
     for key in ("device", "sequences", "steps", "failures", "hangs", "stray_dma"):
         assert key in out
     assert out["device"] == "soft" and out["failures"] == 0 and out["sequences"] >= 20

@@ -72,6 +72,22 @@ def _check_faults(names: list[str], device: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+#: Seconds between progress lines when stderr is a log, not a terminal.
+LOG_EVERY = 15.0
+
+
+def _log_line(err, args: argparse.Namespace, sequences: int, failures: int, steps: int, elapsed: float,
+              *, final: bool = False) -> None:  # fmt: skip
+    """One plain progress line for a log (what a terminal's live bar shows)."""
+    done = sequences if final else min(sequences, args.count)
+    err.print(
+        f"fuzz {args.device}: {done} of {args.count} sequences{' (done)' if final else ''}, {failures} failures, "
+        f"{steps} steps, {sequences / max(elapsed, 1e-6):.2f} seq/s [{int(elapsed) // 60}:{int(elapsed) % 60:02d}]",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     if args.replay is not None:
         return _replay(args)
@@ -91,11 +107,14 @@ def run(args: argparse.Namespace) -> int:
         TextColumn("failures {task.fields[failures]}  {task.fields[rate]:.2f} seq/s  steps {task.fields[steps]}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=err, transient=False, disable=not err.is_terminal and args.json) as progress:
+    in_log = not err.is_terminal  # a live bar shows only on a terminal; a log gets a line every LOG_EVERY s
+    last_line = [started]
+    with Progress(*columns, console=err, transient=False, disable=in_log) as progress:
         task = progress.add_task("fuzz", total=args.count, failures=0, rate=0.0, steps=0)
 
         def on_progress(stats) -> None:
-            elapsed = max(time.monotonic() - started, 1e-6)
+            now = time.monotonic()
+            elapsed = max(now - started, 1e-6)
             progress.update(
                 task,
                 completed=min(stats.sequences, args.count),
@@ -103,6 +122,9 @@ def run(args: argparse.Namespace) -> int:
                 rate=stats.sequences / elapsed,
                 steps=stats.steps,
             )
+            if in_log and now - last_line[0] >= LOG_EVERY:
+                last_line[0] = now
+                _log_line(err, args, stats.sequences, stats.failures, stats.steps, elapsed)
 
         result = run_campaign(
             args.device,
@@ -113,6 +135,9 @@ def run(args: argparse.Namespace) -> int:
             steps=args.steps,
             on_progress=on_progress,
         )
+    if in_log:
+        elapsed = time.monotonic() - started
+        _log_line(err, args, result["sequences"], result["failures"], result["steps"], elapsed, final=True)
     replays = []
     for i, found in enumerate(result["found"]):
         path = _save(args.save_dir, args.device, result, found, faults, i)
