@@ -97,8 +97,13 @@ def test_reports_render(tmp_path) -> None:
 def test_cli_compare_json_and_exit_status(capsys, tmp_path) -> None:
     report_file = tmp_path / "r.html"
     rc = cli_main(["compare", "--devices", "soft,soft", "--scenario", "basic", "--json", "--report", str(report_file)])
-    out = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
     assert rc == 0 and out["matched"] == 1 and out["mismatched"] == 0 and out["scenarios"] == 1
+    # progress on stderr (a log here: a line when the step starts and one when it ends), never on stdout
+    lines = captured.err.strip().splitlines()
+    assert lines[0] == "compare: step 1 of 1, 1 scenarios on the in-process software device ...", lines
+    assert lines[-1].startswith("compare: step 1 of 1, 1 scenarios on the in-process software device: done in 0:")
     assert report_file.read_text().startswith("<!doctype html>")
     rc = cli_main(["compare", "--devices", "soft,soft", "--scenario", "basic", "--plant", "flip-rx-byte", "--json"])
     out = json.loads(capsys.readouterr().out)

@@ -100,34 +100,47 @@ def run_comparison(
         raise CliError("faults are planted in the software device: put soft or soft-pcie second")
     traces: list[list[dict[str, Any]]] = [[], []]
     qemu: dict[str, Any] | None = None
-    if "qemu" in devices:
-        # QEMU first: what its device offers decides the scenarios every device runs (see vm/qemu_traces.py).
-        scenarios, qemu = run_qemu(scenarios)
-        for k, dev in enumerate(devices):
-            if dev == "qemu":
-                # qemu,qemu: a second boot for the second column (QEMU against itself: is it deterministic?)
-                traces[k] = qemu["traces"] if k == devices.index("qemu") else run_qemu(scenarios)[1]["traces"]
     sim_devices = [d for d in devices if d not in ("soft", "qemu")]
     if read_latency_ns and not sim_devices:
         raise CliError("--read-latency-ns applies to the simulated PCIe bus: compare rtl or soft-pcie")
+    if sim_devices and not rtl_available():
+        raise CliError("the simulated PCIe bus (sim/) is not available")
+    from virtio_fpga.progress import Steps
+
+    steps = Steps("compare", devices.count("qemu") + bool(sim_devices) + ("soft" in devices))
+    n = len(scenarios)
+    if "qemu" in devices:
+        # QEMU first: what its device offers decides the scenarios every device runs (see vm/qemu_traces.py).
+        with steps.step(f"booting a QEMU guest and tracing {n} scenarios on its virtio-net"):
+            scenarios, qemu = run_qemu(scenarios)
+        for k, dev in enumerate(devices):
+            if dev == "qemu" and k != devices.index("qemu"):
+                # qemu,qemu: a second boot for the second column (QEMU against itself: is it deterministic?)
+                with steps.step(f"booting a second QEMU guest for the {len(scenarios)} scenarios"):
+                    traces[k] = run_qemu(scenarios)[1]["traces"]
+            elif dev == "qemu":
+                traces[k] = qemu["traces"]
     if sim_devices:
-        if not rtl_available():
-            raise CliError("the simulated PCIe bus (sim/) is not available")
         from sim.compare_bus import run_on_bus
 
-        by_dev = run_on_bus(
-            sim_devices,
-            [sc.to_dict() for sc in scenarios],
-            faults=[f.value for f in faults],
-            read_latency_ns=read_latency_ns,
-            family=family,
-        )
+        with steps.step(
+            f"{len(scenarios)} scenarios on {' and '.join(sim_devices)} on the simulated PCIe bus ({family})"
+        ):
+            by_dev = run_on_bus(
+                sim_devices,
+                [sc.to_dict() for sc in scenarios],
+                faults=[f.value for f in faults],
+                read_latency_ns=read_latency_ns,
+                family=family,
+            )
         for k, dev in enumerate(devices):
             if dev in sim_devices:
                 traces[k] = by_dev[dev]
-    for k, dev in enumerate(devices):
-        if dev == "soft":
-            traces[k] = traces_in_process(scenarios, faults if k == 1 else frozenset())
+    if "soft" in devices:
+        with steps.step(f"{len(scenarios)} scenarios on the in-process software device"):
+            for k, dev in enumerate(devices):
+                if dev == "soft":
+                    traces[k] = traces_in_process(scenarios, faults if k == 1 else frozenset())
     if faults:
         for trace in traces[1]:
             trace["device"] += "*"  # marks the device with the planted bug

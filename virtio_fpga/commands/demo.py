@@ -158,9 +158,25 @@ def run(args: argparse.Namespace) -> int:
 
     if args.family != "usp" and args.device != "rtl":
         raise CliError(f"--family {args.family} applies to --device rtl only")
-    result = run_on_device(
-        args.device, demo_args(args), waves=args.waves, read_latency_ns=args.read_latency_ns, family=args.family
-    )
+    kwargs = demo_args(args)
+    if args.device == "rtl":  # minutes on a cold cache: show the steps on stderr
+        from virtio_fpga.progress import Steps
+
+        steps = Steps("demo", 2)
+        try:
+            from sim.runner import build
+        except ImportError as exc:
+            raise CliError(f"the RTL simulation is not available: {exc}") from None
+        with steps.step(f"building the gateware for {args.family} (256 bits; cached after the first time)"):
+            build(256, waves=args.waves, family=args.family)
+        with steps.step(f"simulating {args.frames} frames through the RTL behind the {args.family} hard-IP model"):
+            result = run_on_device(
+                args.device, kwargs, waves=args.waves, read_latency_ns=args.read_latency_ns, family=args.family
+            )
+    else:
+        result = run_on_device(
+            args.device, kwargs, waves=args.waves, read_latency_ns=args.read_latency_ns, family=args.family
+        )
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:
