@@ -275,7 +275,12 @@ class TxMoverHarness(Harness):
 
 # ============================================ RxDataMover ================================================
 class _FakeExtractor:
-    """The RX frame buffer's byte extractor as free signals (the mover only starts it and forwards beats)."""
+    """The RX frame buffer's byte extractor as free signals (the mover only starts it and forwards beats).
+
+    The harness constrains them by the extractor's contract (``hdl/virtio/framebuf.py`` ``ByteExtractor``:
+    IDLE -> PRIME -> RUN, ``busy`` in both, beats only in RUN until the one marked ``last``): the mover drives
+    ``wr.data.valid`` from ``valid`` directly, so beats outside a transfer it started are not its concern.
+    """
 
     def __init__(self, dw: int) -> None:
         self.start = Signal(name="ext_start")
@@ -314,6 +319,15 @@ class RxMoverHarness(Harness):
         env.assume(rx.frame_len <= BUFFER_BYTES - HDR_BYTES)  # the frame buffer stores at most this (its range)
         env.free(rx.full, rx.frame_len, ext.busy, ext.valid, ext.data, ext.keep, ext.last)
         env.free(dut.run, dut.clear, dut.discard, dut.used.ready)
+        # the extractor's contract (see _FakeExtractor): beats only for a transfer it was started on (from the
+        # cycle after ``start``) until the beat marked ``last`` is taken, and ``busy`` all that time
+        ext_active = Signal(name="ext_active")
+        with m.If(ext.start & ~ext.busy):
+            m.d.sync += ext_active.eq(1)
+        with m.Elif(ext.valid & ext.ready & ext.last):
+            m.d.sync += ext_active.eq(0)
+        env.assume(~ext.valid | ext_active)
+        env.assume(~ext_active | ext.busy)
         env.free_stream_in(dut.segs)
         # the frame buffer's contract: a stored frame (full) stays, with its length, until consumed
         env.stable_while(rx.frame_len, rx.full & ~rx.consume, "frame_len")
@@ -359,7 +373,8 @@ class RxMoverHarness(Harness):
         if self.want("used_len_bound"):
             # Sum the chain's buffer lengths as the stage is handed them; the used length must not exceed it.
             cap = Signal(34, reset_less=True)
-            chains = ResetInserter(dut.clear)(fifo.SyncFIFO(width=34 + 16 + 16, depth=2))
+            # in flight: two chains in the mover's input skid buffer and one in its used register
+            chains = ResetInserter(dut.clear)(fifo.SyncFIFO(width=34 + 16 + 16, depth=4))
             m.submodules.chains = chains
             hand = dut.segs.valid & dut.segs.ready
             total = Signal(34)
