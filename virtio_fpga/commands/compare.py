@@ -111,13 +111,14 @@ def run_comparison(
     n = len(scenarios)
     if "qemu" in devices:
         # QEMU first: what its device offers decides the scenarios every device runs (see vm/qemu_traces.py).
-        with steps.step(f"booting a QEMU guest and tracing {n} scenarios on its virtio-net"):
-            scenarios, qemu = run_qemu(scenarios)
+        scenarios, qemu = run_qemu(
+            scenarios, steps, f"booting a QEMU guest and tracing {n} scenarios on its virtio-net"
+        )
         for k, dev in enumerate(devices):
             if dev == "qemu" and k != devices.index("qemu"):
                 # qemu,qemu: a second boot for the second column (QEMU against itself: is it deterministic?)
-                with steps.step(f"booting a second QEMU guest for the {len(scenarios)} scenarios"):
-                    traces[k] = run_qemu(scenarios)[1]["traces"]
+                label = f"booting a second QEMU guest for the {len(scenarios)} scenarios"
+                traces[k] = run_qemu(scenarios, steps, label)[1]["traces"]
             elif dev == "qemu":
                 traces[k] = qemu["traces"]
     if sim_devices:
@@ -152,19 +153,25 @@ def run_comparison(
     return report
 
 
-def run_qemu(scenarios: list) -> tuple[list, dict[str, Any]]:
+def run_qemu(scenarios: list, steps: Any = None, label: str = "tracing on QEMU") -> tuple[list, dict[str, Any]]:
     """Trace the scenarios meaningful for QEMU's virtio-net; returns (the adapted scenarios, QEMU's results).
 
     Why QEMU decides the scenarios: every driver-supported feature QEMU does not offer is disabled in each
     scenario (``vm.qemu_traces.adapt``), so the other device runs exactly what QEMU ran and both negotiate the
     same features; nothing is removed from the traces afterwards.  Scenarios that say nothing about QEMU are
     returned in ``skipped`` with the reason.  One VM boot for all of them (none when all are skipped).
+
+    ``steps`` (a :class:`virtio_fpga.progress.Steps`) gets the boot as a step, started only after the cheap
+    checks (is there anything to run, can the VM cache directory be made), so a machine that cannot run QEMU
+    gets the one-line error alone and no half-started step.
     """
+    from contextlib import nullcontext
+
     from host.scenario import Scenario
 
     try:
         from vm import qemu_traces as qt
-        from vm.qemu_vm import VmUnavailable
+        from vm.qemu_vm import VmUnavailable, cache_dir
     except ImportError as exc:
         raise CliError(f"the vm package is not importable ({exc}); reinstall the checkout (make deps)") from None
     skipped, runnable = [], []
@@ -176,8 +183,14 @@ def run_qemu(scenarios: list) -> tuple[list, dict[str, Any]]:
             runnable.append(sc.to_dict())
     result: dict[str, Any] = {"traces": [], "scenarios": [], "disabled": [], "device_features": None}
     if runnable:
+        if not qt.in_test_guest():
+            try:
+                cache_dir().mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise CliError(f"qemu: cannot make the VM cache directory {cache_dir()}: {exc.strerror}") from None
         try:
-            result = qt.trace_qemu(runnable)
+            with steps.step(label) if steps is not None else nullcontext():
+                result = qt.trace_qemu(runnable)
         except VmUnavailable as exc:
             raise CliError(f"QEMU cannot run here: {exc}") from None
         except (RuntimeError, OSError, LookupError) as exc:
