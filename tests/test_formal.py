@@ -25,7 +25,7 @@ JOBS = min(2, os.cpu_count() or 1)
 
 def _run_all(props, workdir: Path, mutation_of=lambda p: None):
     with ThreadPoolExecutor(JOBS) as pool:
-        return list(pool.map(lambda p: run_property(p, workdir, mutation=mutation_of(p), timeout=900), props))
+        return list(pool.map(lambda p: run_property(p, workdir, mutation=mutation_of(p), timeout=1800), props))
 
 
 def test_ci_properties_hold(tmp_path: Path) -> None:

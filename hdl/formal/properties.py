@@ -146,6 +146,7 @@ PROPERTIES: list[Property] = [
         "every receive write lies inside [addr, addr + len) of a buffer the mover was given",
         h.RxMoverHarness,
         "write_in_buffer",
+        depth=10,
         planted="write_past_end",
     ),
     _p(

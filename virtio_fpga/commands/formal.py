@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-cover", action="store_true", help="skip the non-vacuity cover runs")
     p.add_argument("--list", action="store_true", help="list the properties and exit")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="solver runs in parallel (default: cores)")
-    p.add_argument("--timeout", type=float, default=900.0, help="seconds per solver run before it counts as error")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per solver run before it counts as error")
     p.add_argument("-o", "--output", type=Path, default=Path("build/formal"), help="work directory (traces, logs)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=run)
